@@ -1,0 +1,19 @@
+"""llmbook: the small, tested helper package behind the executable textbook on large language models.
+
+One module per topic a chapter teaches:
+
+- :mod:`llmbook.runtime`    the scale switch, device choice, seeding, mixed precision, environment report
+- :mod:`llmbook.data`       the shipped data sets, checksum-verified, with fixed splits
+- :mod:`llmbook.pretrained` which pretrained checkpoint to load (hub, or the bundled one offline)
+- :mod:`llmbook.viz`        the book's matplotlib style, training curves and heatmaps
+- :mod:`llmbook.notebooks`  executing, stamping and checking the book's notebooks
+
+Importing ``llmbook`` itself is cheap; import the module you need.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("llmbook")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

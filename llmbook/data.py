@@ -1,0 +1,495 @@
+"""The data sets the book ships, verified and split the same way for every reader.
+
+Taught in the getting-started chapter; every chapter that trains or evaluates loads its data here.
+
+Seven small, real, permissively licensed data sets travel inside the package (``llmbook/datasets``,
+xz-compressed, about 6 MB), so a fresh clone runs with no network. Every file is checked against
+the SHA-256 of the original upstream file before it is parsed, so a truncated or altered copy is
+caught with a message that names the file, instead of producing silently wrong numbers.
+
+    >>> from llmbook.data import load_dataset, list_datasets
+    >>> train = load_dataset("banking77", "train")        # pandas DataFrame
+    >>> text = load_dataset("tiny_shakespeare", "train")  # one str
+
+:func:`list_datasets` shows what exists; :func:`dataset_info` gives the columns, splits, licence
+and citation of one data set. Splits that the source does not provide (a validation set carved
+out of a training set, or all three splits of Tatoeba) are made with a fixed seed, so they are the
+same on every machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import lzma
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+SPLIT_SEED = 0
+"""Seed of every split this module makes itself. Changing it changes the book's numbers."""
+
+_REINSTALL_HINT = (
+    "Restore it with `git checkout -- llmbook/datasets` in a clone of the book, "
+    "or reinstall llmbook (`pip install --force-reinstall llmbook`)."
+)
+
+
+class DataChecksumError(ValueError):
+    """A shipped data file is truncated, altered or unreadable."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the book knows about one shipped data set."""
+
+    name: str
+    description: str
+    task: str
+    splits: tuple[str, ...]
+    columns: dict[str, str]
+    license: str
+    citation: str
+    source: str
+    files: dict[str, str] = field(repr=False)  # shipped file name -> sha256 of the original file
+    notes: str = ""
+
+
+# sha256 values are those of the upstream files (see data-credits in the book); the shipped copies
+# are xz-compressed, and the checksum is taken after decompression so it stays comparable upstream.
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in [
+        DatasetInfo(
+            name="banking77",
+            description="Online-banking customer queries labelled with 77 intents.",
+            task="intent classification",
+            splits=("train", "validation", "test"),
+            columns={
+                "text": "the customer's message (str)",
+                "label": "intent id, 0-76 (int), the index into categories.json",
+                "label_name": "intent name, e.g. 'card_arrival' (str)",
+            },
+            license="CC BY 4.0",
+            citation=(
+                "Casanueva, Temčinas, Gerz, Henderson and Vulić (2020). Efficient Intent Detection with "
+                "Dual Sentence Encoders. NLP4ConvAI workshop, ACL 2020. arXiv:2003.04807"
+            ),
+            source="https://github.com/PolyAI-LDN/task-specific-datasets (banking_data/)",
+            files={
+                "train.csv.xz": "b06e26ac675513959a63135f11b94ea7786ed02da65db93a5650d8838cbc664b",
+                "test.csv.xz": "d12d6e3bc4c3103966ae786dc435913c0c563dfa328f5a3646d0e62cfeeb474d",
+                "categories.json.xz": "53261da888122daf2d120d925458631d9619e15d82e56052e7a42e535ce32b63",
+                "LICENSE": "7e7170e3cebf88a9f60c7b8421418323c09304da1af4d5e90f4da1dc1c8a2661",
+            },
+            notes="validation is a stratified 10% of the original train split (seed 0); test is the original test split.",
+        ),
+        DatasetInfo(
+            name="twitter_financial_news_sentiment",
+            description="English finance-news tweets labelled Bearish, Bullish or Neutral.",
+            task="sentiment classification",
+            splits=("train", "validation", "test"),
+            columns={
+                "text": "the tweet, with its t.co links and $TICKER cashtags (str)",
+                "label": "0 = Bearish, 1 = Bullish, 2 = Neutral (int)",
+                "label_name": "'Bearish', 'Bullish' or 'Neutral' (str)",
+            },
+            license="MIT (per the dataset author)",
+            citation=(
+                "Ricky Costa / zeroshot (2022). Twitter Financial News Sentiment, v1.0.0. "
+                "huggingface.co/datasets/zeroshot/twitter-financial-news-sentiment"
+            ),
+            source="https://huggingface.co/datasets/zeroshot/twitter-financial-news-sentiment",
+            files={
+                "sent_train.csv.xz": "184e6322b7f0e84c3103a83d198f1be8203de8b63a857f67a2964321b71c4e8d",
+                "sent_valid.csv.xz": "393572beac5064ed60c9f608a57dc66af2b41a91b89c149932d5c57f827e25da",
+            },
+            notes=(
+                "validation is a stratified 10% of the original train split (seed 0); "
+                "test is the original 'valid' split, which the book never tunes on."
+            ),
+        ),
+        DatasetInfo(
+            name="goemotions",
+            description="Reddit comments labelled with 27 emotions plus neutral (multi-label).",
+            task="multi-label emotion / sentiment classification",
+            splits=("train", "validation", "test"),
+            columns={
+                "text": "the comment; names are masked as [NAME] (str)",
+                "labels": "emotion ids, 0-27 (list of int)",
+                "label_names": "emotion names, e.g. ['joy', 'love'] (list of str)",
+                "sentiment": "'positive', 'negative', 'ambiguous', 'neutral', or 'mixed' when the labels "
+                "fall in more than one group (str), from the official sentiment mapping",
+                "id": "Reddit comment id (str)",
+            },
+            license="Apache-2.0",
+            citation=(
+                "Demszky, Movshovitz-Attias, Ko, Cowen, Nemade and Ravi (2020). GoEmotions: A Dataset of "
+                "Fine-Grained Emotions. ACL 2020. arXiv:2005.00547"
+            ),
+            source="https://github.com/google-research/google-research (goemotions/data/)",
+            files={
+                "train.tsv.xz": "1c254a142be5c00e80d819b9ae1bbd36d94b2eeb8f4b1271846508d57e57d9c5",
+                "dev.tsv.xz": "575489c079c9de1097062a01738f998590d6b7ead66dd1c9fd1d2ba01fd8bc62",
+                "test.tsv.xz": "0587b2dd8b27b97352adbfc3fb083d46005c8946657fdc2b1ca8b1cc7f1f8be4",
+                "emotions.txt.xz": "45c3ef86782d2a4d7fedcd6d8c111aa0d0e94720689bd164fac94fefb4495a89",
+                "sentiment_dict.json.xz": "801f6f028082141bd38541a4b14d65b33bdc55d29c7b2aaa029fefecf206f76b",
+                "LICENSE": "c71d239df91726fc519c6eb72d318ec65820627232b2f796219e87dcf35d0ab4",
+            },
+            notes="Some comments are offensive or profane. validation is the original dev split.",
+        ),
+        DatasetInfo(
+            name="tiny_shakespeare",
+            description="About 40,000 lines of Shakespeare's plays in one text (1,115,394 characters).",
+            task="character-level language modelling",
+            splits=("train", "validation", "all"),
+            columns={},
+            license="public domain (text); char-rnn repository MIT",
+            citation="Karpathy, A. (2015). char-rnn. github.com/karpathy/char-rnn",
+            source="https://github.com/karpathy/char-rnn (data/tinyshakespeare/input.txt)",
+            files={"input.txt.xz": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"},
+            notes=(
+                "Returns a str, not a DataFrame. train is the first 90% of the characters and validation "
+                "the last 10% (contiguous, not shuffled: shuffling characters would destroy the text)."
+            ),
+        ),
+        DatasetInfo(
+            name="tatoeba_fra_eng",
+            description="20,000 English-French sentence pairs from Tatoeba (ManyThings.org Anki format).",
+            task="machine translation",
+            splits=("train", "validation", "test"),
+            columns={
+                "english": "the English sentence (str)",
+                "french": "its French translation; may contain U+202F / U+00A0 before !?:; (str)",
+            },
+            license="CC BY 2.0 FR",
+            citation="Tatoeba Project (tatoeba.org), sentence pairs compiled by ManyThings.org (manythings.org/anki)",
+            source="http://www.manythings.org/anki/ (fra-eng.zip, 2017-09-29), a seeded 20,000-line sample",
+            files={
+                "fra_eng_20k.txt.xz": "187d8015dcc4287c30d49cbe28984f2d0920ed2014c67b4bddd76974d895d774",
+                "_about.txt": "359011f5738272138286287b44db215d184823911eb049da2160a6ac6933d6c9",
+            },
+            notes=(
+                "The file is sorted by sentence length, so it is shuffled (seed 0) before the "
+                "90/5/5 train/validation/test split; taking the first lines would give only short sentences."
+            ),
+        ),
+        DatasetInfo(
+            name="scitldr",
+            description="Abstracts of computer-science papers with one-sentence TLDR summaries (SciTLDR-A).",
+            task="summarization (multi-reference)",
+            splits=("train", "validation", "test"),
+            columns={
+                "paper_id": "OpenReview paper id (str)",
+                "title": "paper title (str)",
+                "source": "the abstract, sentences joined with spaces (str)",
+                "source_sentences": "the abstract, one sentence per item (list of str)",
+                "targets": "reference TLDRs: 1 in train, 1-4 in validation, 2-4 in test (list of str)",
+            },
+            license="Apache-2.0",
+            citation=(
+                "Cachola, Lo, Cohan and Weld (2020). TLDR: Extreme Summarization of Scientific "
+                "Documents. Findings of EMNLP 2020. arXiv:2004.15011"
+            ),
+            source="https://github.com/allenai/scitldr (SciTLDR-Data/SciTLDR-A/)",
+            files={
+                "train.jsonl.xz": "b222771d387be585cfdf5ae957b36757138415a352e0a3e3b23f73f87c3b1119",
+                "dev.jsonl.xz": "3191fa98ccc09521332b7a1cd63b1930be4e8df125a235ccd31e40329709525e",
+                "test.jsonl.xz": "fb42dd6cd4f4a1928ae8a01a189456fbfe994a07e938bd49f68653933f6503c9",
+                "LICENSE": "c71d239df91726fc519c6eb72d318ec65820627232b2f796219e87dcf35d0ab4",
+            },
+            notes="validation is the original dev split.",
+        ),
+        DatasetInfo(
+            name="goodbooks_10k",
+            description=(
+                "Metadata of the 10,000 most-rated Goodreads books and 298,176 1-5 star ratings "
+                "by a random 5% of users (2,672 users)."
+            ),
+            task="recommendation",
+            splits=("books", "ratings", "train", "validation", "test"),
+            columns={
+                "books: book_id": "1-10000, the key ratings refer to (int)",
+                "books: title, original_title, authors, original_publication_year, language_code, ...": (
+                    "the 23 columns of goodbooks-10k books.csv; image URLs must not be fetched offline"
+                ),
+                "ratings/train/validation/test: user_id, book_id, rating": "rating is 1-5 stars (int)",
+            },
+            license="CC BY-SA 4.0 (share-alike: derived data must keep this licence)",
+            citation=(
+                "Zając, Z. (2017). Goodbooks-10k: a new dataset for book recommendations. "
+                "github.com/zygmuntz/goodbooks-10k"
+            ),
+            source=(
+                "https://github.com/zygmuntz/goodbooks-10k (books.csv); ratings sample from "
+                "https://github.com/fant0md/minor-goodbooks-recommender (data/ratings_random.csv)"
+            ),
+            files={
+                "books.csv.xz": "4d21d0e0433128657c752e3a3d0405ac0ec11675d6c70c64cb0abf4ab1acb76a",
+                "ratings_sample_5pct_users.csv.xz": "43cadb63be762b025fda90a6bcd5fd1e03858ca7b1e3b9b90056f7569db3f4d8",
+                "LICENSE": "1a459ea0f6e7f28d4eba7df0ddace58e0874e53dad4f787e0d206fdbf602147d",
+            },
+            notes=(
+                "split='books' gives the books table, 'ratings' all ratings, and train/validation/test "
+                "a random 80/10/10 split of the ratings (seed 0)."
+            ),
+        ),
+    ]
+}
+
+
+def list_datasets() -> pd.DataFrame:
+    """One row per shipped data set: name, task, splits, licence and description."""
+    return pd.DataFrame(
+        [
+            {
+                "name": d.name,
+                "task": d.task,
+                "splits": ", ".join(d.splits),
+                "license": d.license,
+                "description": d.description,
+            }
+            for d in DATASETS.values()
+        ]
+    )
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``name``; an unknown name raises ``ValueError`` listing the known ones."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown data set {name!r}. The book ships: {', '.join(DATASETS)}."
+        ) from None
+
+
+def _package_file(name: str, filename: str) -> Path:
+    return Path(str(resources.files("llmbook") / "datasets" / name / filename))
+
+
+def read_verified_bytes(name: str, filename: str) -> bytes:
+    """The bytes of a shipped file, decompressed, after checking them against the upstream SHA-256.
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`DataChecksumError` for a truncated,
+    altered or undecodable one; both messages name the file and how to restore it.
+    """
+    info = dataset_info(name)
+    if filename not in info.files:
+        raise ValueError(f"{name} has no file {filename!r}; its files are {', '.join(info.files)}.")
+    path = _package_file(name, filename)
+    shown = f"llmbook/datasets/{name}/{filename}"
+    if not path.is_file():
+        raise FileNotFoundError(f"Data file {shown} is missing. {_REINSTALL_HINT}")
+    raw = path.read_bytes()
+    if filename.endswith(".xz"):
+        try:
+            raw = lzma.decompress(raw)
+        except lzma.LZMAError as exc:
+            raise DataChecksumError(
+                f"Data file {shown} is corrupted or truncated (xz: {exc}). {_REINSTALL_HINT}"
+            ) from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != info.files[filename]:
+        raise DataChecksumError(
+            f"Data file {shown} does not match its checksum (sha256 {digest[:12]}..., expected "
+            f"{info.files[filename][:12]}...): it was altered or truncated. {_REINSTALL_HINT}"
+        )
+    return raw
+
+
+def _read_text(name: str, filename: str) -> str:
+    return read_verified_bytes(name, filename).decode("utf-8")
+
+
+def _read_csv(name: str, filename: str, **kwargs) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(read_verified_bytes(name, filename)), encoding="utf-8", **kwargs)
+
+
+def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask selecting ``fraction`` of the rows of each label (at least one), reproducibly."""
+    rng = np.random.default_rng(seed)
+    holdout = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        take = max(1, round(fraction * len(rows)))
+        holdout[rng.choice(rows, size=take, replace=False)] = True
+    return holdout
+
+
+def _carve_validation(frame: pd.DataFrame, split: str) -> pd.DataFrame:
+    """train/validation from one labelled source frame: a stratified 10% goes to validation."""
+    holdout = _stratified_holdout(frame["label"].to_numpy(), 0.1, SPLIT_SEED)
+    chosen = frame[holdout] if split == "validation" else frame[~holdout]
+    return chosen.reset_index(drop=True)
+
+
+def _load_banking77(split: str) -> pd.DataFrame:
+    categories = json.loads(_read_text("banking77", "categories.json.xz"))
+    index = {c: i for i, c in enumerate(categories)}
+    source = "test.csv.xz" if split == "test" else "train.csv.xz"
+    frame = _read_csv("banking77", source, dtype=str, keep_default_na=False)
+    frame = frame.rename(columns={"category": "label_name"})
+    frame["label"] = frame["label_name"].map(index).astype(int)
+    frame = frame[["text", "label", "label_name"]]
+    return frame if split == "test" else _carve_validation(frame, split)
+
+
+_TWITTER_LABELS = ("Bearish", "Bullish", "Neutral")
+
+
+def _load_twitter(split: str) -> pd.DataFrame:
+    source = "sent_valid.csv.xz" if split == "test" else "sent_train.csv.xz"
+    frame = _read_csv("twitter_financial_news_sentiment", source, keep_default_na=False)
+    frame["label"] = frame["label"].astype(int)
+    frame["label_name"] = frame["label"].map(dict(enumerate(_TWITTER_LABELS)))
+    frame = frame[["text", "label", "label_name"]]
+    return frame if split == "test" else _carve_validation(frame, split)
+
+
+def goemotions_label_names() -> list[str]:
+    """The 28 GoEmotions label names in id order (27 emotions, then 'neutral')."""
+    return _read_text("goemotions", "emotions.txt.xz").split()
+
+
+def _load_goemotions(split: str) -> pd.DataFrame:
+    source = {"train": "train.tsv.xz", "validation": "dev.tsv.xz", "test": "test.tsv.xz"}[split]
+    names = goemotions_label_names()
+    groups = json.loads(_read_text("goemotions", "sentiment_dict.json.xz"))
+    group_of = {emotion: group for group, emotions in groups.items() for emotion in emotions}
+    group_of["neutral"] = "neutral"
+    # TSV with CSV-style quoting ("" escapes a quote), no header.
+    rows = list(csv.reader(io.StringIO(_read_text("goemotions", source), newline=""), delimiter="\t"))
+    records = []
+    for text, label_field, comment_id in rows:
+        labels = [int(x) for x in label_field.split(",")]
+        label_names = [names[i] for i in labels]
+        sentiments = {group_of[n] for n in label_names}
+        records.append(
+            {
+                "text": text,
+                "labels": labels,
+                "label_names": label_names,
+                "sentiment": sentiments.pop() if len(sentiments) == 1 else "mixed",
+                "id": comment_id,
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=["text", "labels", "label_names", "sentiment", "id"])
+
+
+def _load_tiny_shakespeare(split: str) -> str:
+    text = _read_text("tiny_shakespeare", "input.txt.xz")
+    cut = int(0.9 * len(text))
+    return {"all": text, "train": text[:cut], "validation": text[cut:]}[split]
+
+
+def _load_tatoeba(split: str) -> pd.DataFrame:
+    lines = _read_text("tatoeba_fra_eng", "fra_eng_20k.txt.xz").splitlines()
+    # Split on tabs ourselves: 29 lines contain '"', which CSV quoting would mangle.
+    pairs = [line.split("\t") for line in lines]
+    bad = [i for i, p in enumerate(pairs) if len(p) != 2]
+    if bad:
+        raise DataChecksumError(f"tatoeba_fra_eng: lines {bad[:5]} do not have exactly one tab.")
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(pairs))
+    n_train, n_valid = int(0.9 * len(pairs)), int(0.05 * len(pairs))
+    chosen = {
+        "train": order[:n_train],
+        "validation": order[n_train : n_train + n_valid],
+        "test": order[n_train + n_valid :],
+    }[split]
+    return pd.DataFrame([pairs[i] for i in chosen], columns=["english", "french"])
+
+
+def _load_scitldr(split: str) -> pd.DataFrame:
+    source = {"train": "train.jsonl.xz", "validation": "dev.jsonl.xz", "test": "test.jsonl.xz"}[split]
+    docs = [json.loads(line) for line in _read_text("scitldr", source).splitlines() if line.strip()]
+    return pd.DataFrame(
+        {
+            "paper_id": [d["paper_id"] for d in docs],
+            "title": [d["title"] for d in docs],
+            "source": [" ".join(d["source"]) for d in docs],
+            "source_sentences": [d["source"] for d in docs],
+            "targets": [d["target"] for d in docs],
+        }
+    )
+
+
+def _load_goodbooks(split: str) -> pd.DataFrame:
+    if split == "books":
+        return _read_csv("goodbooks_10k", "books.csv.xz")
+    ratings = _read_csv("goodbooks_10k", "ratings_sample_5pct_users.csv.xz")
+    if split == "ratings":
+        return ratings
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(ratings))
+    n_train, n_valid = int(0.8 * len(ratings)), int(0.1 * len(ratings))
+    chosen = {
+        "train": order[:n_train],
+        "validation": order[n_train : n_train + n_valid],
+        "test": order[n_train + n_valid :],
+    }[split]
+    return ratings.iloc[np.sort(chosen)].reset_index(drop=True)
+
+
+_LOADERS: dict[str, Callable[[str], pd.DataFrame | str]] = {
+    "banking77": _load_banking77,
+    "twitter_financial_news_sentiment": _load_twitter,
+    "goemotions": _load_goemotions,
+    "tiny_shakespeare": _load_tiny_shakespeare,
+    "tatoeba_fra_eng": _load_tatoeba,
+    "scitldr": _load_scitldr,
+    "goodbooks_10k": _load_goodbooks,
+}
+
+
+def load_dataset(name: str, split: str = "train") -> pd.DataFrame | str:
+    """Load one split of a shipped data set, verified against its checksums.
+
+    Returns a DataFrame whose columns are listed in ``dataset_info(name).columns`` (for
+    ``tiny_shakespeare``, a str). Unknown names or splits raise ``ValueError`` listing the valid
+    ones; a missing or corrupted file raises ``FileNotFoundError`` / :class:`DataChecksumError`.
+    """
+    info = dataset_info(name)
+    if split not in info.splits:
+        raise ValueError(f"{name} has no split {split!r}; choose one of {', '.join(info.splits)}.")
+    return _LOADERS[name](split)
+
+
+def pack_shared_data(source_dir: str | Path, target_dir: str | Path | None = None) -> list[Path]:
+    """Rebuild ``llmbook/datasets`` from an uncompressed copy of the data (e.g. ``../shared/data``).
+
+    Every source file is checked against the registry's checksum first, so the package can only
+    ever ship the exact upstream bytes. Returns the files written.
+    """
+    source_dir = Path(source_dir)
+    target_dir = Path(target_dir) if target_dir is not None else Path(__file__).parent / "datasets"
+    written = []
+    for info in DATASETS.values():
+        for filename, expected in info.files.items():
+            plain_name = filename.removesuffix(".xz")
+            src = source_dir / info.name / plain_name
+            if not src.is_file():
+                raise FileNotFoundError(f"{src} is missing: cannot pack {info.name}.")
+            raw = src.read_bytes()
+            if hashlib.sha256(raw).hexdigest() != expected:
+                raise DataChecksumError(f"{src} does not match the registry's sha256 {expected[:12]}...")
+            out = target_dir / info.name / filename
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME) if filename.endswith(".xz") else raw)
+            written.append(out)
+    return written
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Rebuild llmbook/datasets from an uncompressed data folder.")
+    parser.add_argument("source_dir", help="folder with one subfolder per data set, e.g. ../shared/data")
+    args = parser.parse_args()
+    files = pack_shared_data(args.source_dir)
+    print(f"packed {len(files)} files into llmbook/datasets")

@@ -1,0 +1,179 @@
+import dataclasses
+import lzma
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from llmbook import data
+from llmbook.data import DATASETS, DataChecksumError, dataset_info, list_datasets, load_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_list_datasets_covers_the_registry():
+    table = list_datasets()
+    assert list(table.name) == list(DATASETS)
+    assert {"name", "task", "splits", "license", "description"} <= set(table.columns)
+    assert len(table) == 7
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_every_split_loads_with_documented_columns(name):
+    info = dataset_info(name)
+    for split in info.splits:
+        loaded = load_dataset(name, split)
+        if name == "tiny_shakespeare":
+            assert isinstance(loaded, str) and len(loaded) > 100_000
+            continue
+        assert isinstance(loaded, pd.DataFrame) and len(loaded) > 0
+        if name != "goodbooks_10k":
+            assert list(loaded.columns) == list(info.columns), (name, split)
+
+
+def test_banking77_counts_and_stratified_validation():
+    train, valid, test = (load_dataset("banking77", s) for s in ("train", "validation", "test"))
+    assert len(train) + len(valid) == 10_003 and len(test) == 3_080
+    assert train.label.nunique() == valid.label.nunique() == test.label.nunique() == 77
+    assert (test.label.value_counts() == 40).all()
+    assert not set(train.text) & set(valid.text)
+    assert (train.label_name == train.label.map(dict(zip(test.label, test.label_name)))).all()
+
+
+def test_twitter_counts_and_label_names():
+    train, valid, test = (load_dataset("twitter_financial_news_sentiment", s) for s in ("train", "validation", "test"))
+    assert len(train) + len(valid) == 9_543 and len(test) == 2_388
+    assert test.label.value_counts().to_dict() == {2: 1566, 1: 475, 0: 347}
+    assert dict(zip(test.label, test.label_name)) == {0: "Bearish", 1: "Bullish", 2: "Neutral"}
+    # stratified: each class keeps its share (within one example) in validation
+    full = pd.concat([train, valid])
+    for label, count in full.label.value_counts().items():
+        assert abs((valid.label == label).sum() - 0.1 * count) <= 1
+
+
+def test_goemotions_counts_and_sentiment_mapping():
+    train = load_dataset("goemotions", "train")
+    assert len(train) == 43_410
+    assert len(load_dataset("goemotions", "validation")) == 5_426
+    assert len(load_dataset("goemotions", "test")) == 5_427
+    assert train.sentiment.value_counts().to_dict() == {
+        "positive": 15_216, "neutral": 12_823, "negative": 8_133, "ambiguous": 3_858, "mixed": 3_380,
+    }
+    names = data.goemotions_label_names()
+    assert len(names) == 28 and names[27] == "neutral"
+    row = train.iloc[0]
+    assert row.label_names == [names[i] for i in row.labels]
+
+
+def test_tiny_shakespeare_splits_are_contiguous():
+    text = load_dataset("tiny_shakespeare", "all")
+    assert len(text) == 1_115_394 and len(set(text)) == 65
+    assert load_dataset("tiny_shakespeare", "train") + load_dataset("tiny_shakespeare", "validation") == text
+
+
+def test_tatoeba_is_shuffled_before_splitting():
+    splits = {s: load_dataset("tatoeba_fra_eng", s) for s in ("train", "validation", "test")}
+    assert [len(f) for f in splits.values()] == [18_000, 1_000, 1_000]
+    # the file is sorted by length: without shuffling, the test split would hold only long sentences
+    lengths = {s: f.english.str.split().str.len().median() for s, f in splits.items()}
+    assert max(lengths.values()) - min(lengths.values()) <= 1
+
+
+def test_scitldr_references():
+    test = load_dataset("scitldr", "test")
+    assert len(test) == 618 and len(load_dataset("scitldr", "train")) == 1_992
+    assert test.targets.map(len).between(2, 4).all()
+    assert (test.source == test.source_sentences.map(" ".join)).all()
+
+
+def test_goodbooks_tables_and_rating_split():
+    books = load_dataset("goodbooks_10k", "books")
+    assert len(books) == 10_000 and books.book_id.is_unique
+    ratings = load_dataset("goodbooks_10k", "ratings")
+    assert len(ratings) == 298_176 and ratings.rating.between(1, 5).all()
+    parts = [load_dataset("goodbooks_10k", s) for s in ("train", "validation", "test")]
+    assert sum(map(len, parts)) == len(ratings)
+    keys = [set(zip(p.user_id, p.book_id)) for p in parts]
+    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
+
+
+def test_splits_are_deterministic():
+    a = load_dataset("banking77", "validation")
+    b = load_dataset("banking77", "validation")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_unknown_name_and_split_are_clear_errors():
+    with pytest.raises(ValueError, match=r"Unknown data set 'imdb'.*banking77"):
+        load_dataset("imdb")
+    with pytest.raises(ValueError, match=r"tiny_shakespeare has no split 'test'; choose one of train, validation, all"):
+        load_dataset("tiny_shakespeare", "test")
+    with pytest.raises(ValueError, match="has no file"):
+        data.read_verified_bytes("banking77", "nope.csv")
+
+
+@pytest.fixture
+def copied_datasets(tmp_path, monkeypatch):
+    """A writable copy of banking77's files that the loader reads instead of the package's."""
+    source = Path(data.__file__).parent / "datasets" / "banking77"
+    target = tmp_path / "banking77"
+    shutil.copytree(source, target)
+    monkeypatch.setattr(data, "_package_file", lambda name, filename: tmp_path / name / filename)
+    return target
+
+
+def test_missing_file_names_the_file(copied_datasets):
+    (copied_datasets / "train.csv.xz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"llmbook/datasets/banking77/train.csv.xz is missing.*git checkout"):
+        load_dataset("banking77", "train")
+
+
+def test_truncated_file_is_detected(copied_datasets):
+    path = copied_datasets / "train.csv.xz"
+    path.write_bytes(path.read_bytes()[:5_000])
+    with pytest.raises(DataChecksumError, match=r"banking77/train.csv.xz is corrupted or truncated"):
+        load_dataset("banking77", "train")
+
+
+def test_altered_file_fails_its_checksum(copied_datasets):
+    path = copied_datasets / "test.csv.xz"
+    altered = lzma.decompress(path.read_bytes()).replace(b"card_arrival", b"card_arrivals", 1)
+    path.write_bytes(lzma.compress(altered))
+    with pytest.raises(DataChecksumError, match=r"banking77/test.csv.xz does not match its checksum"):
+        load_dataset("banking77", "test")
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+def test_shipped_files_are_the_shared_data_byte_for_byte():
+    shipped = Path(data.__file__).parent / "datasets"
+    for info in DATASETS.values():
+        for filename in info.files:
+            raw = data.read_verified_bytes(info.name, filename)
+            assert raw == (SHARED_DATA / info.name / filename.removesuffix(".xz")).read_bytes(), filename
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(DATASETS)
+
+
+def test_packing_compresses_and_verifies(tmp_path, monkeypatch):
+    source = tmp_path / "src" / "banking77"
+    source.mkdir(parents=True)
+    for filename in ("categories.json.xz", "LICENSE"):
+        (source / filename.removesuffix(".xz")).write_bytes(data.read_verified_bytes("banking77", filename))
+    small = dataclasses.replace(
+        DATASETS["banking77"], files={k: v for k, v in DATASETS["banking77"].files.items() if k in ("categories.json.xz", "LICENSE")}
+    )
+    monkeypatch.setattr(data, "DATASETS", {"banking77": small})
+    written = data.pack_shared_data(tmp_path / "src", tmp_path / "out")
+    assert sorted(p.name for p in written) == ["LICENSE", "categories.json.xz"]
+    packed = tmp_path / "out" / "banking77" / "categories.json.xz"
+    assert lzma.decompress(packed.read_bytes()) == (source / "categories.json").read_bytes()
+
+
+def test_packing_refuses_a_file_that_differs_from_upstream(tmp_path):
+    source = tmp_path / "src"
+    for info in DATASETS.values():
+        (source / info.name).mkdir(parents=True)
+        for filename in info.files:
+            (source / info.name / filename.removesuffix(".xz")).write_text("not the real file")
+    with pytest.raises(DataChecksumError, match="does not match the registry's sha256"):
+        data.pack_shared_data(source, tmp_path / "out")
