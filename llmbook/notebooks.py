@@ -42,7 +42,7 @@ KERNEL_NAME = "python3"
 def setup_cell_source() -> str:
     """The first code cell of every notebook: installs llmbook on Colab, does nothing elsewhere."""
     return (
-        "# Setup: on Colab, install llmbook (the book's helper package); elsewhere it is already installed.\n"
+        "# Setup: installs llmbook on Colab; elsewhere it is already installed.\n"
         "import sys\n"
         "\n"
         'IN_COLAB = "google.colab" in sys.modules\n'

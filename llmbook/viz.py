@@ -43,7 +43,7 @@ def use_book_style() -> None:
 def _as_2d_array(matrix: object, what: str) -> np.ndarray:
     if hasattr(matrix, "detach"):  # a torch tensor, possibly on a GPU or requiring grad
         matrix = matrix.detach().float().cpu().numpy()
-    array = np.asarray(matrix)
+    array = np.array(matrix)  # a copy: later edits to the input must not change the figure
     if array.ndim != 2:
         raise ValueError(f"{what} must be 2-D (rows x columns), got shape {tuple(array.shape)}")
     if not np.issubdtype(array.dtype, np.number):

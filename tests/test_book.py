@@ -87,3 +87,53 @@ def test_cited_keys_exist_in_the_bibliography():
     sources = [p.read_text() for p in (ROOT / "book").glob("*.md")] + [p.read_text() for p in NOTEBOOKS]
     cited = {key for text in sources for group in re.findall(r"\{cite[tp]?\}`([^`]+)`", text) for key in group.split(",")}
     assert cited and cited <= keys, cited - keys
+
+
+def _declared_distributions() -> set[str]:
+    """pyproject's dependencies and, transitively, what they require: what a Colab install brings."""
+    import tomllib
+    from importlib import metadata
+
+    def name(requirement: str) -> str:
+        return re.split(r"[\s<>=!~;\[(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    todo = [name(r) for r in project["dependencies"]]
+    seen: set[str] = set()
+    while todo:
+        dist = todo.pop()
+        if dist in seen:
+            continue
+        seen.add(dist)
+        try:
+            requires = metadata.requires(dist) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [name(r) for r in requires if "extra ==" not in r]
+    return seen
+
+
+def test_every_notebook_import_is_a_declared_dependency():
+    """On Colab the setup cell installs llmbook and its dependencies only: a notebook must import nothing else."""
+    import sys
+    from importlib import metadata
+
+    declared = _declared_distributions() | {"llmbook"}
+    preinstalled_on_colab = {"ipython"}  # the kernel itself
+    providers = metadata.packages_distributions()
+    missing = {}
+    for path in NOTEBOOKS:
+        for cell in json_cells(path):
+            for module in re.findall(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", cell, flags=re.M):
+                if module in sys.stdlib_module_names or module == "__future__":
+                    continue
+                dists = {d.lower().replace("_", "-") for d in providers.get(module, [module])}
+                if not dists & (declared | preinstalled_on_colab):
+                    missing.setdefault(path.name, set()).add(module)
+    assert not missing, f"add these to pyproject.toml dependencies: {missing}"
+
+
+def json_cells(path: Path) -> list[str]:
+    import json
+
+    return ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
