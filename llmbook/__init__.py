@@ -5,6 +5,8 @@ One module per topic a chapter teaches:
 - :mod:`llmbook.runtime`    the scale switch, device choice, seeding, mixed precision, environment report
 - :mod:`llmbook.data`       the shipped data sets, checksum-verified, with fixed splits
 - :mod:`llmbook.pretrained` which pretrained checkpoint to load (hub, or the bundled one offline)
+- :mod:`llmbook.embed`      sentence embeddings: masked mean pooling, cosine similarity
+- :mod:`llmbook.arch`       parameter, FLOP and memory counting; roofline and timing helpers
 - :mod:`llmbook.viz`        the book's matplotlib style, training curves and heatmaps
 - :mod:`llmbook.notebooks`  executing, stamping and checking the book's notebooks
 
