@@ -1,0 +1,440 @@
+"""Tests of llmbook.metrics against sacrebleu, rouge-score, sklearn and torch."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from llmbook import metrics
+from llmbook.metrics import (
+    bleu,
+    bleu_details,
+    bleu_from_statistics,
+    bleu_statistics,
+    bootstrap_ci,
+    calibration_bins,
+    confusion_matrix,
+    expected_calibration_error,
+    lcs_length,
+    paired_bootstrap,
+    perplexity,
+    precision_recall_f1,
+    rouge,
+    rouge_per_example,
+    rouge_tokenize,
+    token_nll,
+    tokenize_13a,
+)
+
+sacrebleu = pytest.importorskip("sacrebleu")
+
+# ----------------------------------------------------------------------------------------------- BLEU
+
+TRICKY = [
+    "Hello, world! It's 3.14 -- isn't it?",
+    'a-b 1990-2000 &amp; &lt;x&gt; &quot;q&quot; "quoted"',
+    "Bonjour\u202f! Ça va\u00a0? «\u202fOui\u202f»",
+    "e.g. U.S.A., 1,000.5 and 2.5% of $3",
+    "",
+    "   ",
+    "tab\there\nnew-\nline <skipped> end",
+    "日本語のテキスト。句読点、あり",
+    "trailing spaces   ",
+    "(parens) [brackets] {braces} a/b a\\b ~tilde~ `tick` ^caret_",
+]
+
+
+def _streams(references):
+    """Our layout (references[i] = refs of example i) -> sacrebleu's (streams[k][i])."""
+    return [list(stream) for stream in zip(*references)]
+
+
+def _sacre(hyps, references):
+    return sacrebleu.corpus_bleu(hyps, _streams(references)).score
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_tokenize_13a_matches_sacrebleu(text):
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    assert tokenize_13a(text) == Tokenizer13a()(text.rstrip()).split()
+
+
+def _random_corpus(rng: random.Random, n: int, n_refs: int):
+    words = "the a cat dog sat on mat . , ! is was big small red Ça café 3.5 1,000 - ( ) ' \"".split()
+
+    def sentence(length):
+        return " ".join(rng.choice(words) for _ in range(length))
+
+    hyps = [sentence(rng.randint(0, 12)) for _ in range(n)]
+    refs = [[sentence(rng.randint(1, 14)) for _ in range(n_refs)] for _ in range(n)]
+    return hyps, refs
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("n_refs", [1, 2, 4])
+def test_bleu_matches_sacrebleu_on_random_corpora(seed, n_refs):
+    hyps, refs = _random_corpus(random.Random(seed * 10 + n_refs), n=25, n_refs=n_refs)
+    assert bleu(hyps, refs) == pytest.approx(_sacre(hyps, refs), abs=1e-9)
+
+
+def test_bleu_matches_sacrebleu_on_real_sentences():
+    hyps = [
+        "The cat sat on the mat.",
+        "It's raining cats and dogs!",
+        "",
+        "I don't know, 3.14 is pi.",
+        "Il fait beau aujourd'hui\u202f!",
+        "He left at 5 p.m. -- on time.",
+    ]
+    refs = [
+        ["The cat is sitting on the mat.", "A cat sat on the mat."],
+        ["It is raining heavily!", "It's pouring rain."],
+        ["Nothing was said.", "Silence."],
+        ["I don't know; 3.14 is pi.", "No idea, but pi is 3.14."],
+        ["Il fait beau aujourd'hui !", "Quel beau temps\u00a0!"],
+        ["He left at 5 p.m., on time.", "At 5 p.m. he left on time."],
+    ]
+    ours = bleu(hyps, refs)
+    assert 0 < ours < 100
+    assert ours == pytest.approx(_sacre(hyps, refs), abs=1e-9)
+    # the single-reference score differs, and still agrees
+    single = [r[:1] for r in refs]
+    assert bleu(hyps, single) == pytest.approx(_sacre(hyps, single), abs=1e-9)
+    assert bleu(hyps, single) != pytest.approx(ours)
+
+
+def test_bleu_edge_cases_match_sacrebleu():
+    cases = [
+        (["", ""], [["a b c"], ["d"]]),  # all hypotheses empty: BP = 0
+        (["a b c d e f"], [["a b c d e f"]]),  # perfect match
+        (["a b"], [["a b"]]),  # no 3- or 4-grams at all: BLEU is 0 even with smoothing
+        (["x y z w v"], [["a b c d e"]]),  # no match at all
+        (["the the the the the the the"], [["the cat is on the mat"]]),  # clipping
+        (["a b c d e f g"], [["a b c x e f g"]]),  # a zero 4-gram precision is smoothed
+        (["a b c d"], [["a b c d e f g h i j"]]),  # brevity penalty
+        (["a b c d e f g h i j k l"], [["a b c d"]]),  # longer than the reference: BP = 1
+        (["a b c d e"], [["a b c", "a b c d e f g"]]),  # ties in closest length go to the shorter one
+        (["Hello World !"], [["hello world !"]]),  # case-sensitive
+    ]
+    for hyps, refs in cases:
+        assert bleu(hyps, refs) == pytest.approx(_sacre(hyps, refs), abs=1e-9), (hyps, refs)
+    assert bleu(["a b c d e f"], [["a b c d e f"]]) == pytest.approx(100.0)
+    assert bleu(["a b"], [["a b"]]) == 0.0
+
+
+def test_duplicate_reference_changes_nothing():
+    hyps, refs = _random_corpus(random.Random(7), n=20, n_refs=2)
+    padded = [r + [r[0]] for r in refs]
+    assert bleu(hyps, padded) == pytest.approx(bleu(hyps, refs), abs=1e-12)
+
+
+def test_bleu_details_parts():
+    result = bleu_details(["the the the the the the the"], [["the cat is on the mat"]])
+    assert result.matches[0] == 2 and result.totals[0] == 7  # "the" clipped to 2
+    assert result.hyp_len == 7 and result.ref_len == 6 and result.bp == 1.0
+    short = bleu_details(["a b c d"], [["a b c d e f g h"]])
+    assert short.bp == pytest.approx(math.exp(1 - 8 / 4))
+    assert str(short).startswith("BLEU = ")
+    # statistics add up: corpus BLEU is computed from summed rows, not by averaging sentence scores
+    hyps, refs = _random_corpus(random.Random(3), n=10, n_refs=2)
+    stats = bleu_statistics(hyps, refs)
+    assert stats.shape == (10, 10)
+    assert bleu_from_statistics(stats).score == pytest.approx(bleu(hyps, refs))
+    assert bleu_from_statistics(stats.sum(axis=0)).score == pytest.approx(bleu(hyps, refs))
+
+
+def test_bleu_options_match_sacrebleu():
+    hyps, refs = _random_corpus(random.Random(11), n=30, n_refs=2)
+    lower = bleu_details(hyps, refs, tokenizer=lambda s: tokenize_13a(s.lower())).score
+    assert lower == pytest.approx(sacrebleu.corpus_bleu(hyps, _streams(refs), lowercase=True).score)
+    none = bleu_details(hyps, refs, tokenizer=str.split).score
+    assert none == pytest.approx(sacrebleu.corpus_bleu(hyps, _streams(refs), tokenize="none").score)
+    unsmoothed = bleu_details(hyps, refs, smooth="none").score
+    assert unsmoothed == pytest.approx(sacrebleu.corpus_bleu(hyps, _streams(refs), smooth_method="none").score)
+    bigram = bleu_details(hyps, refs, max_order=2).score
+    assert bigram == pytest.approx(sacrebleu.BLEU(max_ngram_order=2).corpus_score(hyps, _streams(refs)).score)
+
+
+def test_text_metrics_accept_list_likes():
+    import pandas as pd
+
+    hyps, refs = _random_corpus(random.Random(9), n=8, n_refs=2)
+    expected = bleu(hyps, refs)
+    assert bleu(tuple(hyps), tuple(tuple(r) for r in refs)) == pytest.approx(expected)
+    assert bleu(pd.Series(hyps), pd.Series(refs)) == pytest.approx(expected)
+    assert bleu(np.array(hyps), np.array(refs)) == pytest.approx(expected)
+    assert rouge(pd.Series(hyps), pd.Series(refs)) == pytest.approx(rouge(hyps, refs))
+    with pytest.raises(TypeError, match="must be a list of strings, got dict"):
+        bleu({"a": 1}, [["a"]])
+
+
+def test_bleu_errors():
+    with pytest.raises(TypeError, match="single string"):
+        bleu("a b c", [["a b c"]])
+    with pytest.raises(ValueError, match="empty"):
+        bleu([], [])
+    with pytest.raises(ValueError, match=r"2 predictions/hypotheses but 1 reference lists.*transposed"):
+        bleu(["a", "b"], [["a", "b"]])
+    with pytest.raises(TypeError, match=r"references\[0\] is a str"):
+        bleu(["a"], ["a"])
+    with pytest.raises(ValueError, match=r"references\[1\] is empty"):
+        bleu(["a", "b"], [["a"], []])
+    with pytest.raises(ValueError, match=r"same number of references.*references\[1\] has 2"):
+        bleu(["a", "b"], [["a"], ["b", "c"]])
+    with pytest.raises(TypeError, match=r"hypotheses\[1\] must be a str"):
+        bleu(["a", None], [["a"], ["b"]])
+    with pytest.raises(TypeError, match=r"references\[0\]\[0\] must be a str"):
+        bleu(["a"], [[3]])
+    with pytest.raises(ValueError, match="smooth"):
+        bleu_details(["a"], [["a"]], smooth="add-k")
+    with pytest.raises(ValueError, match="shape"):
+        bleu_from_statistics(np.zeros((3, 5)))
+
+
+# ---------------------------------------------------------------------------------------------- ROUGE
+
+rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+from rouge_score.tokenize import tokenize as google_tokenize  # noqa: E402
+
+
+def _google_rouge(predictions, references):
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
+    per = [scorer.score_multi(refs, pred) for pred, refs in zip(predictions, references)]
+    return {key: float(np.mean([p[key].fmeasure for p in per])) for key in ("rouge1", "rouge2", "rougeL")}
+
+
+@pytest.mark.parametrize("text", TRICKY + ["Don't STOP—it's 42ºC; naïve café, Œuvre İstanbul ǅ"])
+def test_rouge_tokenize_matches_rouge_score(text):
+    assert rouge_tokenize(text) == google_tokenize(text, None)
+
+
+def test_lcs_length():
+    assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
+    assert lcs_length([], ["a"]) == 0
+    assert lcs_length(["a", "b", "c"], ["a", "b", "c"]) == 3
+    assert lcs_length(["a", "b", "c"], ["c", "b", "a"]) == 1
+
+
+def test_rouge_matches_rouge_score():
+    rng = random.Random(0)
+    words = "we propose a new method for training deep neural networks that improves accuracy , the model".split()
+
+    def sentence():
+        return " ".join(rng.choice(words) for _ in range(rng.randint(0, 15)))
+
+    predictions = [sentence() for _ in range(40)] + [
+        "", "!!!", "We propose a NEW method.", "naïve café über-fast", "the the the the",
+    ]
+    references = [[sentence() for _ in range(rng.randint(1, 4))] for _ in range(40)] + [
+        ["something"], ["a b c", "!!!"], ["we propose a new method", "a method is proposed"],
+        ["naive cafe uber fast"], ["the cat", "the the"],
+    ]
+    ours = rouge(predictions, references)
+    theirs = _google_rouge(predictions, references)
+    assert set(ours) == {"rouge1", "rouge2", "rougeL"}
+    for key in ours:
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-6)
+    # single references too
+    single = [r[:1] for r in references]
+    for key, value in rouge(predictions, single).items():
+        assert value == pytest.approx(_google_rouge(predictions, single)[key], abs=1e-6)
+
+
+def test_rouge_per_example_and_best_reference():
+    per = rouge_per_example(["the cat sat"], [["a dog ran", "the cat sat"]])
+    assert per["rouge1"][0] == pytest.approx(1.0) and per["rougeL"][0] == pytest.approx(1.0)
+    # each ROUGE type picks its own best reference
+    per = rouge_per_example(["a b c d"], [["d c b a", "a b x x x x x x"]])
+    assert per["rouge1"][0] == pytest.approx(1.0)
+    assert per["rougeL"][0] == pytest.approx(_google_rouge(["a b c d"], [["d c b a", "a b x x x x x x"]])["rougeL"])
+
+
+def test_rouge_errors():
+    with pytest.raises(TypeError, match="single string"):
+        rouge("a summary", [["a summary"]])
+    with pytest.raises(ValueError, match="empty"):
+        rouge([], [])
+    with pytest.raises(ValueError, match="2 predictions/hypotheses but 1 reference lists"):
+        rouge(["a", "b"], [["a"]])
+    with pytest.raises(TypeError, match=r"references\[0\] is a str"):
+        rouge(["a"], ["a"])
+    with pytest.raises(ValueError, match=r"references\[0\] is empty"):
+        rouge(["a"], [[]])
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        metrics.rouge_n_scores(["a"], ["a"], 0)
+
+
+# ----------------------------------------------------------------------------------------- perplexity
+
+
+def test_token_nll_and_perplexity_match_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 11)
+    targets = torch.randint(0, 11, (3, 7))
+    targets[0, 5:] = -100  # padding
+    nll = token_nll(logits, targets)
+    assert nll.shape == (19,)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(nll.mean(), loss)
+    assert perplexity(nll) == pytest.approx(math.exp(loss.item()), rel=1e-6)
+    # a uniform model over V tokens has perplexity V
+    assert perplexity(token_nll(torch.zeros(50, 13), torch.randint(0, 13, (50,)))) == pytest.approx(13.0, rel=1e-6)
+    # per-character: the same total NLL over more units
+    assert perplexity([1.0, 2.0], num_units=6) == pytest.approx(math.exp(0.5))
+    assert metrics.bits_per_character([math.log(2)] * 4, 4) == pytest.approx(1.0)
+
+
+def test_perplexity_errors():
+    with pytest.raises(ValueError, match="empty"):
+        perplexity([])
+    with pytest.raises(ValueError, match="non-negative"):
+        perplexity([1.0, -0.5])
+    with pytest.raises(ValueError, match="num_units"):
+        perplexity([1.0], num_units=0)
+    with pytest.raises(ValueError, match="leading shape"):
+        token_nll(torch.randn(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer token ids"):
+        token_nll(torch.randn(2, 5), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"lie in \[0, 5\)"):
+        token_nll(torch.randn(2, 5), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="every target is ignore_index"):
+        token_nll(torch.randn(2, 5), torch.tensor([-100, -100]))
+
+
+# -------------------------------------------------------------------------------- classification
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_precision_recall_f1_match_sklearn(seed):
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(seed)
+    n_classes = 6
+    y_true = rng.choice(n_classes, size=300, p=[0.5, 0.2, 0.15, 0.1, 0.05, 0.0])  # class 5 never occurs
+    y_pred = np.where(rng.random(300) < 0.6, y_true, rng.integers(0, n_classes - 2, size=300))
+    labels = list(range(n_classes))
+    np.testing.assert_array_equal(
+        confusion_matrix(y_true, y_pred, num_classes=n_classes), skm.confusion_matrix(y_true, y_pred, labels=labels)
+    )
+    for average in ("macro", "micro", "weighted", None):
+        ours = precision_recall_f1(y_true, y_pred, average=average, num_classes=n_classes)
+        theirs = skm.precision_recall_fscore_support(
+            y_true, y_pred, average=average, labels=labels, zero_division=0
+        )[:3]
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a, b, atol=1e-12)
+    assert precision_recall_f1(y_true, y_pred, average="micro")[2] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+
+
+def test_classification_errors():
+    with pytest.raises(ValueError, match="3 labels but y_pred has 2"):
+        precision_recall_f1([0, 1, 1], [0, 1])
+    with pytest.raises(ValueError, match="average"):
+        precision_recall_f1([0, 1], [0, 1], average="binary")
+    with pytest.raises(ValueError, match="out of range for num_classes=2"):
+        confusion_matrix([0, 1, 2], [0, 1, 1], num_classes=2)
+    with pytest.raises(TypeError, match="integer class ids"):
+        confusion_matrix([0.5, 1.0], [0, 1])
+    with pytest.raises(ValueError, match="empty"):
+        confusion_matrix([], [])
+    with pytest.raises(ValueError, match="negative"):
+        confusion_matrix([0, -1], [0, 1])
+
+
+def test_calibration_bins_match_sklearn_and_ece():
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(0)
+    conf = np.concatenate([rng.uniform(0.3, 1.0, size=500), [0.0, 0.2, 0.4, 1.0]])  # include exact edges
+    correct = rng.random(conf.size) < conf**2  # overconfident on purpose
+    bins = calibration_bins(conf, correct, n_bins=10)
+    assert bins["count"].sum() == conf.size
+    prob_true, prob_pred = calibration_curve(correct, conf, n_bins=10, strategy="uniform")
+    filled = bins["count"] > 0
+    np.testing.assert_allclose(bins["accuracy"][filled], prob_true)
+    np.testing.assert_allclose(bins["confidence"][filled], prob_pred)
+    ece = expected_calibration_error(conf, correct, n_bins=10)
+    manual = np.nansum(bins["count"] / conf.size * np.abs(bins["accuracy"] - bins["confidence"]))
+    assert ece == pytest.approx(manual) and ece > 0.05
+    # a calibrated predictor has a small ECE; a constant one that is always right has none
+    calibrated = rng.random(conf.size) < conf
+    assert expected_calibration_error(conf, calibrated, n_bins=10) < ece
+    assert expected_calibration_error(np.ones(5), np.ones(5, dtype=bool)) == 0.0
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+        expected_calibration_error([1.2], [True])
+    with pytest.raises(ValueError, match="same length"):
+        expected_calibration_error([0.5, 0.6], [True])
+    with pytest.raises(ValueError, match="booleans"):
+        expected_calibration_error([0.5], [2])
+    with pytest.raises(ValueError, match="n_bins"):
+        calibration_bins([0.5], [True], n_bins=0)
+
+
+# ------------------------------------------------------------------------------------------ bootstrap
+
+
+def test_bootstrap_ci_covers_the_true_mean_at_about_the_nominal_rate():
+    rng = np.random.default_rng(0)
+    trials, hits = 400, 0
+    for trial in range(trials):
+        sample = rng.normal(loc=2.0, scale=1.0, size=80)
+        ci = bootstrap_ci(sample, n_resamples=400, confidence=0.9, seed=trial)
+        assert ci.low <= ci.estimate <= ci.high
+        hits += ci.low <= 2.0 <= ci.high
+    coverage = hits / trials
+    # nominal 0.90; the Monte Carlo error of 400 trials is about 0.015, and percentile intervals run a bit narrow
+    assert 0.84 <= coverage <= 0.96, coverage
+
+
+def test_bootstrap_ci_with_a_statistic_on_several_arrays():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 3, size=200)
+    y_pred = np.where(rng.random(200) < 0.7, y_true, rng.integers(0, 3, size=200))
+
+    def macro_f1(t, p):
+        return precision_recall_f1(t, p, average="macro", num_classes=3)[2]
+
+    ci = bootstrap_ci((y_true, y_pred), macro_f1, n_resamples=200, seed=0)
+    assert ci.estimate == pytest.approx(macro_f1(y_true, y_pred))
+    assert ci.low < ci.estimate < ci.high and ci.high - ci.low < 0.2
+    assert bootstrap_ci((y_true, y_pred), macro_f1, n_resamples=200, seed=0) == ci  # seeded
+    # corpus BLEU resamples sentences (rows of its statistics table)
+    hyps, refs = _random_corpus(random.Random(5), n=30, n_refs=1)
+    stats = bleu_statistics(hyps, refs)
+    ci = bootstrap_ci(stats, lambda s: bleu_from_statistics(s).score, n_resamples=100)
+    assert ci.estimate == pytest.approx(bleu(hyps, refs)) and ci.low <= ci.high
+
+
+def test_paired_bootstrap_detects_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=200)
+    better = base + 0.3 + rng.normal(scale=0.5, size=200)
+    same = base + rng.normal(scale=0.5, size=200)
+    real = paired_bootstrap(better, base, n_resamples=500)
+    assert real.delta == pytest.approx(better.mean() - base.mean())
+    assert real.p_value < 0.01 and real.low > 0 and real.win_rate > 0.99
+    # under the null the test rejects at about its level: count rejections over many data sets
+    rejections = 0
+    for trial in range(100):
+        a = rng.normal(size=60)
+        b = a + rng.normal(scale=0.5, size=60)
+        rejections += paired_bootstrap(a, b, n_resamples=200, seed=trial).p_value < 0.05
+    assert rejections <= 12
+
+
+def test_bootstrap_errors():
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        bootstrap_ci([1.0])
+    with pytest.raises(ValueError, match="same length"):
+        bootstrap_ci((np.zeros(3), np.zeros(4)), lambda a, b: 0.0)
+    with pytest.raises(ValueError, match="pass a statistic"):
+        bootstrap_ci((np.zeros(3), np.zeros(3)))
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_ci(np.zeros(3), confidence=95)
+    with pytest.raises(ValueError, match="n_resamples"):
+        bootstrap_ci(np.zeros(3), n_resamples=0)
+    with pytest.raises(ValueError, match="same examples"):
+        paired_bootstrap(np.zeros(3), np.zeros(4))
