@@ -1,0 +1,407 @@
+"""A small decoder-only Transformer (GPT), its training data windows, sampling and a KV cache.
+
+Taught in the GPT chapter (``notebooks/04_gpt.ipynb``): causal language modelling on characters,
+greedy / temperature / top-k / top-p sampling, and a key-value cache that makes generation fast.
+
+    >>> cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    >>> model = GPT(cfg)
+    >>> logits, loss = model(idx, targets)          # idx, targets: (batch, length) token ids
+    >>> out = generate(model, idx[:, :1], max_new_tokens=100, temperature=0.8, top_k=40)
+
+The attention inside each block is ``llmbook.attention.scaled_dot_product_attention`` (the formula
+written out, ``attn_impl="naive"``) or PyTorch's fused ``torch.nn.functional.scaled_dot_product_attention``
+(``attn_impl="sdpa"``); the two compute the same function, and the chapter compares their speed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmbook.attention import MultiHeadAttention, scaled_dot_product_attention
+
+ATTN_IMPLS = ("naive", "sdpa")
+
+
+@dataclass
+class GPTConfig:
+    """Sizes of a GPT. ``block_size`` is the longest context the model accepts (learned positions)."""
+
+    vocab_size: int = 65
+    block_size: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    attn_impl: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, preallocated to ``max_len``.
+
+    ``k`` and ``v`` have shape ``(n_layer, batch, n_head, max_len, head_dim)``; ``length`` is how
+    many positions are filled. :meth:`GPT.forward` writes the new positions and advances ``length``.
+    """
+
+    def __init__(self, config: GPTConfig, batch: int, device: torch.device | str, dtype: torch.dtype,
+                 max_len: int | None = None) -> None:
+        max_len = config.block_size if max_len is None else max_len
+        if not 1 <= max_len <= config.block_size:
+            raise ValueError(f"max_len must be in [1, block_size={config.block_size}], got {max_len}")
+        shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k, v`` (batch, heads, T, head_dim) after the filled positions; return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache is full: {start} + {k.shape[2]} positions exceed max_len={self.max_len}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    """Masked multi-head self-attention: position i attends to positions j ≤ i only.
+
+    The projections are those of :class:`llmbook.attention.MultiHeadAttention`; the attention itself is
+    the naive formula or PyTorch's fused kernel, chosen by ``config.attn_impl``.
+    """
+
+    def __init__(self, config: GPTConfig, layer: int = 0) -> None:
+        super().__init__()
+        self.mha = MultiHeadAttention(config.n_embd, config.n_head, dropout=config.dropout, bias=config.bias)
+        self.n_head, self.head_dim = config.n_head, config.n_embd // config.n_head
+        self.attn_impl = config.attn_impl
+        self.layer = layer
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        b, t, c = x.shape
+        q = self._heads(self.mha.q_proj(x))
+        k = self._heads(self.mha.k_proj(x))
+        v = self._heads(self.mha.v_proj(x))
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(self.layer, k, v)
+        dropout_p = self.mha.dropout if self.training else 0.0
+        # Query i sits at absolute position past + i and may see keys 0 .. past + i.
+        if self.attn_impl == "sdpa":
+            if t == 1:  # one new query sees every cached key: no mask needed
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+            elif past == 0:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            else:  # is_causal aligns the mask top-left when L_q != L_k, which is wrong here
+                mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        else:
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y, _ = scaled_dot_product_attention(q, k, v, mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).reshape(b, t, c)
+        return self.resid_dropout(self.mha.out_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: Linear(d, 4d) → GELU → Linear(4d, d)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(self, config: GPTConfig, layer: int = 0) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only Transformer language model with learned positions and tied input/output embeddings.
+
+    ``forward(idx, targets=None, cache=None)`` takes ``(batch, T)`` token ids and returns
+    ``(logits (batch, T, vocab), loss)``; ``loss`` is the mean cross-entropy in nats per token when
+    ``targets`` is given, else ``None``. With a :class:`KVCache`, ``idx`` holds only the new tokens,
+    which sit after the ``cache.length`` positions already cached.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying: one matrix embeds and un-embeds
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections that write into the residual stream.
+        for name, p in self.named_parameters():
+            if name.endswith("out_proj.weight") or name.endswith("mlp.proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters (the tied matrix counted once); ``non_embedding`` leaves out the position table."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.pos_emb.weight.numel() if non_embedding else n
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+            shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+            dtype = idx.dtype if isinstance(idx, torch.Tensor) else None
+            raise ValueError(f"idx must be a (batch, length) tensor of integer token ids, got {shape} {dtype or ''}")
+        b, t = idx.shape
+        past = 0 if cache is None else cache.length
+        if past + t > self.config.block_size:
+            raise ValueError(
+                f"context of {past + t} tokens is longer than the model's block_size={self.config.block_size}"
+            )
+        if t == 0:
+            raise ValueError("idx has no tokens (length 0)")
+        pos = torch.arange(past, past + t, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        for block in self.blocks:
+            x = block(x, cache)
+        if cache is not None:
+            cache.length += t
+        logits = self.lm_head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            if targets.shape != idx.shape:
+                raise ValueError(f"targets {tuple(targets.shape)} must have the shape of idx {tuple(idx.shape)}")
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        """An empty :class:`KVCache` for ``batch`` sequences on this model's device and dtype."""
+        p = self.tok_emb.weight
+        return KVCache(self.config, batch, p.device, p.dtype, max_len)
+
+
+def get_batch(
+    data: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random training windows: ``x = data[i : i+block_size]`` and ``y = data[i+1 : i+1+block_size]``.
+
+    ``data`` is a 1-D tensor of token ids; ``y`` is ``x`` shifted left by one, so every position of a
+    window is a next-token prediction example. Returns two ``(batch_size, block_size)`` int64 tensors.
+    """
+    if not isinstance(data, torch.Tensor) or data.dim() != 1:
+        raise ValueError(f"data must be a 1-D tensor of token ids, got {getattr(data, 'shape', type(data))}")
+    if batch_size < 1 or block_size < 1:
+        raise ValueError(f"batch_size and block_size must be positive, got {batch_size} and {block_size}")
+    if len(data) < block_size + 1:
+        raise ValueError(
+            f"data has {len(data)} tokens; windows of block_size={block_size} need at least {block_size + 1}"
+        )
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    offsets = torch.arange(block_size)
+    x = data[starts[:, None] + offsets].long()
+    y = data[starts[:, None] + offsets + 1].long()
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    return x, y
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the nucleus (smallest set with mass ≥ top_p).
+
+    ``logits`` is ``(..., vocab)``. The most likely token always survives. Ties at the k-th value
+    are all kept.
+    """
+    if top_k is not None:
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        k = min(top_k, logits.size(-1))
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
+        drop_sorted = mass_before >= top_p  # already enough mass without this token
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _check_generate_args(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float,
+                         top_k: int | None, top_p: float | None, greedy: bool) -> None:
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be an llmbook.gpt.GPT, got {type(model).__name__}")
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
+        raise ValueError(f"idx must be a (batch, length) int64 tensor of token ids, got {getattr(idx, 'shape', idx)!r}")
+    if idx.shape[1] < 1:
+        raise ValueError("idx must hold at least one token (the prompt)")
+    if idx.shape[1] > model.config.block_size:
+        raise ValueError(
+            f"prompt of {idx.shape[1]} tokens is longer than the model's block_size={model.config.block_size}"
+        )
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or math.isnan(temperature):
+        raise ValueError(f"temperature must be a number, got {temperature!r}")
+    if temperature <= 0 and not greedy:
+        raise ValueError(
+            f"temperature must be > 0 for sampling, got {temperature!r}; pass greedy=True for arg-max decoding"
+        )
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_cache: bool = True,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Extend ``idx`` (batch, T) by ``max_new_tokens`` tokens, one at a time; returns (batch, T + new).
+
+    ``greedy=True`` takes the arg-max (temperature and filters are then ignored); otherwise the next
+    token is sampled from softmax(logits / temperature) restricted to the ``top_k`` most likely tokens and to the nucleus of
+    mass ``top_p``. ``use_cache`` keeps past keys and values in a :class:`KVCache` so each step feeds
+    only the newest token. Past ``block_size`` tokens the context slides (the oldest token drops out);
+    with learned absolute positions every cached key then changes position, so the cached path
+    recomputes the window, exactly like the uncached one. Pass a seeded ``generator`` to repeat a sample.
+    """
+    _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, greedy)
+    block = model.config.block_size
+    was_training = model.training
+    model.eval()
+    try:
+        cache = None
+        out = idx
+        for step in range(max_new_tokens):
+            if use_cache and out.shape[1] <= block:
+                if cache is None:
+                    cache = model.new_cache(out.shape[0])
+                    logits, _ = model(out, cache=cache)
+                else:
+                    logits, _ = model(out[:, -1:], cache=cache)
+            else:
+                cache = None  # sliding window: positions shift, so nothing cached stays valid
+                logits, _ = model(out[:, -block:])
+            logits = logits[:, -1, :].float()
+            if greedy:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = filter_logits(logits / temperature, top_k, top_p)
+                probs = torch.softmax(logits, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)
+            out = torch.cat([out, nxt], dim=1)
+        return out
+    finally:
+        model.train(was_training)
+
+
+def lr_at(step: int, max_lr: float, warmup: int, total: int, min_lr: float = 0.0) -> float:
+    """Learning rate at ``step``: linear warmup to ``max_lr`` over ``warmup`` steps, then cosine decay
+    to ``min_lr`` at ``total`` (and ``min_lr`` after it)."""
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    if step >= total:
+        return min_lr
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def configure_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1,
+                        betas: tuple[float, float] = (0.9, 0.99)) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (weights, embeddings) only, not on biases or LayerNorm gains."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+@torch.no_grad()
+def evaluate_loss(model: GPT, data: torch.Tensor, block_size: int | None = None, batch_size: int = 64,
+                  max_windows: int | None = None) -> float:
+    """Mean next-token cross-entropy (nats/token) over consecutive, non-overlapping windows of ``data``.
+
+    Deterministic: every token of ``data`` (up to ``max_windows`` windows) is predicted once, from the
+    context of its own window.
+    """
+    block_size = block_size or model.config.block_size
+    n = (len(data) - 1) // block_size
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n < 1:
+        raise ValueError(f"data has {len(data)} tokens, too few for one window of {block_size}")
+    device = next(model.parameters()).device
+    x_all = data[: n * block_size].view(n, block_size).long()
+    y_all = data[1: n * block_size + 1].view(n, block_size).long()
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        for i in range(0, n, batch_size):
+            x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)
+            _, loss = model(x, y)
+            total += loss.item() * x.shape[0]
+    finally:
+        model.train(was_training)
+    return total / n

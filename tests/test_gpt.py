@@ -1,0 +1,197 @@
+"""Tests of llmbook.gpt: causality, the KV cache, sampling supports, determinism and error paths."""
+
+import pytest
+import torch
+
+from llmbook.gpt import (
+    GPT,
+    GPTConfig,
+    KVCache,
+    configure_optimizer,
+    evaluate_loss,
+    filter_logits,
+    generate,
+    get_batch,
+    lr_at,
+)
+
+
+def tiny(**kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+@pytest.mark.parametrize("impl", ["naive", "sdpa"])
+def test_causality_future_tokens_do_not_change_past_logits(impl):
+    model = tiny(attn_impl=impl)
+    idx = torch.randint(0, 11, (2, 12), generator=torch.Generator().manual_seed(1))
+    changed = idx.clone()
+    changed[:, 7:] = (changed[:, 7:] + 3) % 11
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_naive_and_fused_attention_agree():
+    naive, fused = tiny(attn_impl="naive"), tiny(attn_impl="sdpa")
+    fused.load_state_dict(naive.state_dict())
+    idx = torch.randint(0, 11, (3, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(naive(idx)[0], fused(idx)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_weight_tying_and_parameter_count():
+    model = tiny()
+    assert model.lm_head.weight is model.tok_emb.weight
+    assert model.num_params() == sum(p.numel() for p in model.parameters())
+    # nanoGPT's cpu shakespeare recipe: about 0.8M parameters
+    big = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128))
+    assert 0.79e6 < big.num_params() < 0.82e6
+
+
+def test_loss_at_init_is_near_uniform():
+    model = tiny()
+    idx, targets = torch.randint(0, 11, (2, 4, 16))
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - torch.log(torch.tensor(11.0)).item()) < 0.3
+
+
+@pytest.mark.parametrize("impl", ["naive", "sdpa"])
+def test_cached_logits_equal_full_forward(impl):
+    model = tiny(attn_impl=impl)
+    idx = torch.randint(0, 11, (2, 10))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache(2)
+        first, _ = model(idx[:, :4], cache=cache)  # prefill several tokens, then one at a time
+        steps = [first] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(4, 10)]
+        # prefill two at once after a cached prefix: the mask must be offset, not top-left aligned
+        cache2 = model.new_cache(2)
+        model(idx[:, :5], cache=cache2)
+        two, _ = model(idx[:, 5:7], cache=cache2)
+    assert cache.length == 10
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(two, full[:, 5:7], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["naive", "sdpa"])
+def test_cached_generation_equals_uncached(impl):
+    model = tiny(attn_impl=impl)
+    prompt = torch.randint(0, 11, (2, 3))
+    # greedy, and past block_size=16 so the sliding window is exercised
+    a = generate(model, prompt, 25, greedy=True, use_cache=True)
+    b = generate(model, prompt, 25, greedy=True, use_cache=False)
+    assert a.shape == (2, 28)
+    assert torch.equal(a, b)
+    s1 = generate(model, prompt, 10, temperature=1.0, top_k=5, use_cache=True, generator=torch.Generator().manual_seed(3))
+    s2 = generate(model, prompt, 10, temperature=1.0, top_k=5, use_cache=False, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(s1, s2)
+
+
+def test_seeded_generation_is_deterministic():
+    model = tiny()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    runs = [generate(model, prompt, 30, temperature=1.5, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    other = generate(model, prompt, 30, temperature=1.5, generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(runs[0], other)
+
+
+def test_top_k_support():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
+    kept = filter_logits(logits, top_k=2).isfinite()
+    assert kept.tolist() == [[False, True, False, True, False]]
+    model = tiny()
+    with torch.no_grad():
+        last = model(torch.zeros(1, 1, dtype=torch.long))[0][0, -1]
+    allowed = set(torch.topk(last, 3).indices.tolist())
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        out = generate(model, torch.zeros(1, 1, dtype=torch.long), 1, temperature=3.0, top_k=3, generator=g)
+        assert out[0, 1].item() in allowed
+
+
+def test_top_p_support():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    assert filter_logits(logits, top_p=0.5).isfinite().tolist() == [[True, False, False, False]]
+    assert filter_logits(logits, top_p=0.7).isfinite().tolist() == [[True, True, False, False]]
+    assert filter_logits(logits, top_p=0.81).isfinite().tolist() == [[True, True, True, False]]
+    assert filter_logits(logits, top_p=1.0).isfinite().all()
+    shuffled = logits[:, [2, 0, 3, 1]]  # order of the vocabulary does not matter
+    assert filter_logits(shuffled, top_p=0.7).isfinite().tolist() == [[False, True, False, True]]
+    g = torch.Generator().manual_seed(0)
+    samples = torch.multinomial(torch.softmax(filter_logits(logits.repeat(500, 1), top_p=0.7), -1), 1, generator=g)
+    assert set(samples.flatten().tolist()) == {0, 1}
+
+
+def test_get_batch_targets_are_shifted_inputs():
+    data = torch.arange(100)
+    x, y = get_batch(data, 5, 8, generator=torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (5, 8) and x.dtype == torch.long
+    assert torch.equal(y, x + 1)
+    assert torch.equal(x[:, 1:], x[:, :-1] + 1)
+
+
+def test_lr_schedule_and_optimizer_groups():
+    assert lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 10, 100) == pytest.approx(1.0)
+    assert lr_at(100, 1.0, 10, 100, min_lr=0.1) == pytest.approx(0.1)
+    assert 0.1 < lr_at(55, 1.0, 10, 100, min_lr=0.1) < 1.0
+    opt = configure_optimizer(tiny(), 1e-3)
+    assert all(p.dim() >= 2 for p in opt.param_groups[0]["params"])
+    assert all(p.dim() < 2 for p in opt.param_groups[1]["params"]) and opt.param_groups[1]["weight_decay"] == 0
+
+
+def test_training_steps_reduce_loss_and_evaluate_loss():
+    model = tiny().train()
+    data = torch.arange(400) % 11  # a perfectly predictable sequence
+    opt = configure_optimizer(model, 3e-3)
+    g = torch.Generator().manual_seed(0)
+    before = evaluate_loss(model, data)
+    for _ in range(60):
+        x, y = get_batch(data, 8, 16, generator=g)
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert evaluate_loss(model, data) < before - 1.0
+
+
+def test_error_paths():
+    model = tiny()
+    prompt = torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, prompt, 5, temperature=-1.0)
+    with pytest.raises(ValueError, match="greedy=True"):
+        generate(model, prompt, 5, temperature=0.0)
+    assert torch.equal(generate(model, prompt, 5, temperature=0.0, greedy=True), generate(model, prompt, 5, greedy=True))
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, prompt, 5, top_p=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, prompt, 5, top_p=1.5)
+    with pytest.raises(ValueError, match="top_k"):
+        generate(model, prompt, 5, top_k=0)
+    with pytest.raises(ValueError, match="block_size"):
+        generate(model, torch.zeros(1, 17, dtype=torch.long), 5)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer token ids"):
+        model(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(n_embd=10, n_head=3)
+    with pytest.raises(ValueError, match="attn_impl"):
+        GPTConfig(attn_impl="flash")
+    with pytest.raises(TypeError, match="GPTConfig"):
+        GPT({"vocab_size": 3})
+    cache = model.new_cache(1, max_len=4)
+    model(torch.zeros(1, 4, dtype=torch.long), cache=cache)
+    assert isinstance(cache, KVCache)
+    with pytest.raises(ValueError, match="full"):
+        model.blocks[0].attn(torch.zeros(1, 1, 16), cache)
+    with pytest.raises(ValueError, match="block_size"):
+        get_batch(torch.arange(5), 2, 8)
