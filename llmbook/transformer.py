@@ -1,0 +1,566 @@
+"""The encoder–decoder Transformer of Vaswani et al. (2017), built from the attention chapter's pieces.
+
+Taught in the Transformer chapter (``notebooks/03_transformer.ipynb``), which trains it to translate
+English into French; the GPT chapter reuses :func:`sinusoidal_positional_encoding` and
+:class:`PositionwiseFeedForward`.
+
+Pieces, bottom up:
+
+- :func:`sinusoidal_positional_encoding` and :class:`PositionalEncoding` (adds it to embeddings);
+- :class:`PositionwiseFeedForward` — ``Linear → ReLU → dropout → Linear``;
+- :class:`EncoderLayer` — self-attention and feed-forward, each in a residual block with layer norm;
+- :class:`DecoderLayer` — causal self-attention, cross-attention to the encoder, feed-forward;
+- :class:`Seq2SeqTransformer` — embeddings, the two stacks and the (tied) output projection;
+- :func:`greedy_decode` and :func:`beam_search` (with length normalisation).
+
+Conventions: tensors are batch first, ``(batch, length, d_model)``. Masks are boolean with
+**True = may attend**, as in :mod:`llmbook.attention` (PyTorch's ``key_padding_mask`` arguments use
+the opposite convention, True = ignore). ``norm_first=True`` gives the pre-LN layer
+``x + sublayer(norm(x))``; ``norm_first=False`` the post-LN layer ``norm(x + sublayer(x))`` of the
+original paper. Both match ``torch.nn.TransformerEncoderLayer`` with the same flag.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmbook.attention import MultiHeadAttention, causal_mask
+
+__all__ = [
+    "sinusoidal_positional_encoding",
+    "PositionalEncoding",
+    "PositionwiseFeedForward",
+    "EncoderLayer",
+    "DecoderLayer",
+    "Seq2SeqTransformer",
+    "greedy_decode",
+    "beam_search",
+    "copy_weights_from_torch_encoder_layer",
+]
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_dropout(p: float) -> None:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+
+
+def _check_hidden(x: torch.Tensor, d_model: int, name: str) -> None:
+    if x.dim() != 3 or x.shape[-1] != d_model:
+        raise ValueError(f"{name} must be (batch, length, d_model={d_model}), got shape {tuple(x.shape)}")
+
+
+def _check_token_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
+    if ids.dim() != 2:
+        raise ValueError(f"{name} must be (batch, length) token ids, got shape {tuple(ids.shape)}")
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must hold integer token ids (int64), got dtype {ids.dtype}")
+    if ids.shape[1] == 0:
+        raise ValueError(f"{name} is empty: it has length 0")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(
+            f"{name} holds token ids outside [0, {vocab_size}): min {int(ids.min())}, max {int(ids.max())}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Positional encoding
+# --------------------------------------------------------------------------------------------------
+
+
+def sinusoidal_positional_encoding(length: int, d_model: int) -> torch.Tensor:
+    """The ``(length, d_model)`` table of Vaswani et al.: PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(...).
+
+    Each pair of columns is a sine/cosine of one frequency; frequencies fall geometrically from 1 to
+    1/10000 across the columns, so nearby positions get similar vectors and PE[pos + k] is a fixed
+    rotation of PE[pos] for every pos. ``d_model`` must be even.
+    """
+    _check_positive(length=length, d_model=d_model)
+    if d_model % 2:
+        raise ValueError(f"d_model must be even for sine/cosine pairs, got {d_model}")
+    position = torch.arange(length, dtype=torch.float32)[:, None]  # (length, 1)
+    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(length, d_model)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq)
+    return table
+
+
+class PositionalEncoding(nn.Module):
+    """Add the sinusoidal table to ``(batch, length, d_model)`` embeddings, then apply dropout.
+
+    The table is a buffer (saved with the model, moved with ``.to(device)``, never trained) of
+    ``max_len`` rows; a longer input raises ``ValueError``.
+    """
+
+    def __init__(self, d_model: int, max_len: int = 512, dropout: float = 0.0) -> None:
+        super().__init__()
+        _check_dropout(dropout)
+        self.register_buffer("pe", sinusoidal_positional_encoding(max_len, d_model), persistent=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        max_len, d_model = self.pe.shape
+        _check_hidden(x, d_model, "x")
+        if x.shape[1] > max_len:
+            raise ValueError(f"sequence length {x.shape[1]} exceeds the positional table's max_len={max_len}")
+        return self.dropout(x + self.pe[: x.shape[1]].to(x.dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------------
+
+
+class PositionwiseFeedForward(nn.Module):
+    """``linear2(dropout(relu(linear1(x))))``, applied to every position independently (d_model → d_ff → d_model)."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        _check_positive(d_model=d_model, d_ff=d_ff)
+        _check_dropout(dropout)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then feed-forward, each wrapped as a residual block with layer norm.
+
+    ``norm_first=True`` (pre-LN): ``x = x + drop(attn(norm1(x)))``; ``x = x + drop(ff(norm2(x)))``.
+    ``norm_first=False`` (post-LN, the original paper): ``x = norm1(x + drop(attn(x)))``;
+    ``x = norm2(x + drop(ff(x)))``. The same computation, parameter names aside, as
+    ``torch.nn.TransformerEncoderLayer(d_model, num_heads, d_ff, dropout, batch_first=True,
+    norm_first=...)`` — see :func:`copy_weights_from_torch_encoder_layer`.
+
+    ``forward(x, mask=None)`` takes ``(batch, L, d_model)`` and a boolean mask broadcastable to
+    ``(batch, heads, L, L)`` (True = may attend), typically ``(batch, 1, 1, L)`` for padding.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        dropout: float = 0.1,
+        norm_first: bool = True,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        _check_positive(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
+        _check_dropout(dropout)
+        self.d_model, self.norm_first = d_model, norm_first
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def _attend(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.dropout1(self.self_attn(x, x, x, mask=mask)[0])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_hidden(x, self.d_model, "x")
+        if self.norm_first:
+            x = x + self._attend(self.norm1(x), mask)
+            return x + self.dropout2(self.feed_forward(self.norm2(x)))
+        x = self.norm1(x + self._attend(x, mask))
+        return self.norm2(x + self.dropout2(self.feed_forward(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention to the encoder output, feed-forward; residuals + layer norm.
+
+    ``forward(y, memory, self_mask, memory_mask)``: ``y`` is ``(batch, T, d_model)`` (the target so
+    far), ``memory`` is ``(batch, S, d_model)`` (the encoder output). ``self_mask`` broadcasts to
+    ``(batch, heads, T, T)`` — causal, and padding if any; ``memory_mask`` to ``(batch, heads, T, S)``
+    — the source padding. In cross-attention the queries come from the decoder, keys and values from
+    the encoder. ``norm_first`` as in :class:`EncoderLayer`.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        dropout: float = 0.1,
+        norm_first: bool = True,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        _check_positive(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
+        _check_dropout(dropout)
+        self.d_model, self.norm_first = d_model, norm_first
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout)
+        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm3 = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        y: torch.Tensor,
+        memory: torch.Tensor,
+        self_mask: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        _check_hidden(y, self.d_model, "y")
+        _check_hidden(memory, self.d_model, "memory")
+        if y.shape[0] != memory.shape[0]:
+            raise ValueError(f"y {tuple(y.shape)} and memory {tuple(memory.shape)} must have the same batch size")
+
+        def self_block(h: torch.Tensor) -> torch.Tensor:
+            return self.dropout1(self.self_attn(h, h, h, mask=self_mask)[0])
+
+        def cross_block(h: torch.Tensor) -> torch.Tensor:
+            return self.dropout2(self.cross_attn(h, memory, memory, mask=memory_mask)[0])
+
+        if self.norm_first:
+            y = y + self_block(self.norm1(y))
+            y = y + cross_block(self.norm2(y))
+            return y + self.dropout3(self.feed_forward(self.norm3(y)))
+        y = self.norm1(y + self_block(y))
+        y = self.norm2(y + cross_block(y))
+        return self.norm3(y + self.dropout3(self.feed_forward(y)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+
+
+class Seq2SeqTransformer(nn.Module):
+    """Encoder–decoder Transformer for sequence-to-sequence tasks such as translation.
+
+    ``forward(src, tgt_in)`` maps source ids ``(batch, S)`` and the shifted target ids
+    ``(batch, T)`` (``<bos> y1 ... y_{T-1}``) to next-token logits ``(batch, T, tgt_vocab_size)``.
+    Padding (``pad_id``) is masked out of every attention; the decoder is causal.
+
+    ``tie_output`` ties the output projection to the target embedding (one matrix, used twice);
+    ``share_embeddings`` also shares it with the source embedding, which needs one joint vocabulary
+    (``src_vocab_size == tgt_vocab_size``). Embeddings are scaled by √d_model before the positional
+    encoding is added. With ``norm_first`` (pre-LN), each stack ends with a final layer norm.
+    """
+
+    def __init__(
+        self,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        *,
+        d_model: int = 128,
+        num_heads: int = 4,
+        num_encoder_layers: int = 2,
+        num_decoder_layers: int = 2,
+        d_ff: int = 512,
+        dropout: float = 0.1,
+        max_len: int = 256,
+        pad_id: int = 0,
+        norm_first: bool = True,
+        tie_output: bool = True,
+        share_embeddings: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_positive(
+            src_vocab_size=src_vocab_size,
+            tgt_vocab_size=tgt_vocab_size,
+            d_model=d_model,
+            num_heads=num_heads,
+            num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers,
+            d_ff=d_ff,
+            max_len=max_len,
+        )
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        if not 0 <= pad_id < min(src_vocab_size, tgt_vocab_size):
+            raise ValueError(f"pad_id={pad_id} is not a valid id of both vocabularies")
+        if share_embeddings and src_vocab_size != tgt_vocab_size:
+            raise ValueError(
+                "share_embeddings needs one joint vocabulary, but src_vocab_size="
+                f"{src_vocab_size} != tgt_vocab_size={tgt_vocab_size}"
+            )
+        self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
+        self.d_model, self.pad_id, self.max_len = d_model, pad_id, max_len
+        self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=pad_id)
+        self.tgt_embed = self.src_embed if share_embeddings else nn.Embedding(tgt_vocab_size, d_model, padding_idx=pad_id)
+        self.positional = PositionalEncoding(d_model, max_len, dropout)
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(d_model, num_heads, d_ff, dropout, norm_first) for _ in range(num_encoder_layers)
+        )
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(d_model, num_heads, d_ff, dropout, norm_first) for _ in range(num_decoder_layers)
+        )
+        # Pre-LN leaves the residual stream un-normalised: one last norm before it is read.
+        self.encoder_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+        self.output = nn.Linear(d_model, tgt_vocab_size, bias=False)
+        self._init_weights()
+        if tie_output:
+            self.output.weight = self.tgt_embed.weight
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        # With tied weights the embedding is also the output layer: a small normal init keeps the
+        # first logits near zero (uniform predictions), and √d_model scaling restores its size as input.
+        for embedding in {id(self.src_embed): self.src_embed, id(self.tgt_embed): self.tgt_embed}.values():
+            nn.init.normal_(embedding.weight, std=self.d_model**-0.5)
+            with torch.no_grad():
+                embedding.weight[self.pad_id].zero_()
+
+    def make_src_mask(self, src: torch.Tensor) -> torch.Tensor:
+        """``(batch, 1, 1, S)`` key mask, True at real source tokens (broadcasts over heads and queries)."""
+        return (src != self.pad_id)[:, None, None, :]
+
+    def make_tgt_mask(self, tgt: torch.Tensor) -> torch.Tensor:
+        """``(batch, 1, T, T)`` mask: position i may attend to real target tokens j ≤ i."""
+        keys = (tgt != self.pad_id)[:, None, None, :]
+        return keys & causal_mask(tgt.shape[1], device=tgt.device)
+
+    def _embed(self, embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        if ids.shape[1] > self.max_len:
+            raise ValueError(f"sequence length {ids.shape[1]} exceeds max_len={self.max_len}")
+        return self.positional(embedding(ids) * math.sqrt(self.d_model))
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Source ids ``(batch, S)`` → memory ``(batch, S, d_model)``."""
+        _check_token_ids(src, self.src_vocab_size, "src")
+        src_mask = self.make_src_mask(src) if src_mask is None else src_mask
+        x = self._embed(self.src_embed, src)
+        for layer in self.encoder_layers:
+            x = layer(x, src_mask)
+        return self.encoder_norm(x)
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        """Target ids ``(batch, T)`` and memory ``(batch, S, d_model)`` → logits ``(batch, T, tgt_vocab_size)``."""
+        _check_token_ids(tgt, self.tgt_vocab_size, "tgt")
+        _check_hidden(memory, self.d_model, "memory")
+        if tgt.shape[0] != memory.shape[0]:
+            raise ValueError(f"tgt {tuple(tgt.shape)} and memory {tuple(memory.shape)} must share the batch size")
+        tgt_mask = self.make_tgt_mask(tgt)
+        y = self._embed(self.tgt_embed, tgt)
+        for layer in self.decoder_layers:
+            y = layer(y, memory, tgt_mask, src_mask)
+        return self.output(self.decoder_norm(y))
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Logits ``(batch, T, tgt_vocab_size)`` for every target position (teacher forcing)."""
+        _check_token_ids(src, self.src_vocab_size, "src")
+        _check_token_ids(tgt, self.tgt_vocab_size, "tgt")
+        if src.shape[0] != tgt.shape[0]:
+            raise ValueError(f"src {tuple(src.shape)} and tgt {tuple(tgt.shape)} must have the same batch size")
+        src_mask = self.make_src_mask(src)
+        return self.decode(tgt, self.encode(src, src_mask), src_mask)
+
+
+def copy_weights_from_torch_encoder_layer(ours: EncoderLayer, theirs: nn.TransformerEncoderLayer) -> None:
+    """Copy the weights of ``torch.nn.TransformerEncoderLayer`` into :class:`EncoderLayer` ``ours``.
+
+    PyTorch stacks the query, key and value projections into one ``in_proj_weight`` of shape
+    ``(3 d_model, d_model)``; it is split into our three ``nn.Linear``. Sizes and the norm placement
+    must agree, otherwise ``ValueError``.
+    """
+    if not isinstance(theirs, nn.TransformerEncoderLayer):
+        raise TypeError(f"theirs must be torch.nn.TransformerEncoderLayer, got {type(theirs).__name__}")
+    if theirs.norm_first != ours.norm_first:
+        raise ValueError(f"norm placement differs: ours norm_first={ours.norm_first}, theirs {theirs.norm_first}")
+    mha = theirs.self_attn
+    if mha.embed_dim != ours.d_model or mha.num_heads != ours.self_attn.num_heads:
+        raise ValueError(
+            f"sizes differ: ours d_model={ours.d_model}, heads={ours.self_attn.num_heads}; "
+            f"theirs d_model={mha.embed_dim}, heads={mha.num_heads}"
+        )
+    if theirs.linear1.out_features != ours.feed_forward.linear1.out_features:
+        raise ValueError(
+            f"d_ff differs: ours {ours.feed_forward.linear1.out_features}, theirs {theirs.linear1.out_features}"
+        )
+    if mha.in_proj_weight is None or mha.in_proj_bias is None:
+        raise ValueError("theirs must use a packed in_proj with bias (the default)")
+    with torch.no_grad():
+        for proj, w, b in zip(
+            (ours.self_attn.q_proj, ours.self_attn.k_proj, ours.self_attn.v_proj),
+            mha.in_proj_weight.chunk(3),
+            mha.in_proj_bias.chunk(3),
+        ):
+            proj.weight.copy_(w)
+            proj.bias.copy_(b)
+        pairs = [
+            (ours.self_attn.out_proj, mha.out_proj),
+            (ours.feed_forward.linear1, theirs.linear1),
+            (ours.feed_forward.linear2, theirs.linear2),
+            (ours.norm1, theirs.norm1),
+            (ours.norm2, theirs.norm2),
+        ]
+        for mine, other in pairs:
+            mine.weight.copy_(other.weight)
+            mine.bias.copy_(other.bias)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------------
+
+
+class Seq2SeqModel(Protocol):
+    """What the decoders need: :class:`Seq2SeqTransformer`, or any model with these three methods."""
+
+    def make_src_mask(self, src: torch.Tensor) -> torch.Tensor: ...
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+def _check_decode_args(src: torch.Tensor, bos_id: int, eos_id: int, max_len: int) -> None:
+    if not isinstance(src, torch.Tensor) or src.dim() != 2 or src.shape[0] == 0 or src.shape[1] == 0:
+        shape = tuple(src.shape) if isinstance(src, torch.Tensor) else type(src).__name__
+        raise ValueError(f"src must be a non-empty (batch, length) tensor of token ids, got {shape}")
+    _check_positive(max_len=max_len)
+    for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: Seq2SeqModel, src: torch.Tensor, *, bos_id: int, eos_id: int, max_len: int = 64
+) -> list[list[int]]:
+    """Translate a batch by always taking the most probable next token.
+
+    Returns one list of generated ids per source sentence, without ``<bos>`` and ``<eos>``;
+    generation stops at ``<eos>`` or after ``max_len`` tokens. Call ``model.eval()`` first.
+    """
+    _check_decode_args(src, bos_id, eos_id, max_len)
+    src_mask = model.make_src_mask(src)
+    memory = model.encode(src, src_mask)
+    tokens = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
+    finished = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
+    for _ in range(max_len):
+        next_token = model.decode(tokens, memory, src_mask)[:, -1].argmax(dim=-1)
+        next_token = next_token.masked_fill(finished, eos_id)  # finished rows just repeat <eos>
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        finished |= next_token == eos_id
+        if bool(finished.all()):
+            break
+    out = []
+    for row in tokens[:, 1:].tolist():
+        out.append(row[: row.index(eos_id)] if eos_id in row else row)
+    return out
+
+
+@torch.no_grad()
+def beam_search(
+    model: Seq2SeqModel,
+    src: torch.Tensor,
+    *,
+    bos_id: int,
+    eos_id: int,
+    beam_size: int = 4,
+    max_len: int = 64,
+    length_penalty: float = 0.6,
+    return_scores: bool = False,
+) -> list[list[int]] | tuple[list[list[int]], list[float]]:
+    """Translate a batch with beam search; hypotheses are ranked by ``log p(y | x) / len(y) ** length_penalty``.
+
+    ``len(y)`` counts the generated tokens including ``<eos>``. ``length_penalty=0`` ranks by the
+    raw log-probability, which favours short outputs (every token multiplies in a probability
+    < 1); ``1`` ranks by the mean log-probability per token.
+
+    At each step every live hypothesis is extended by every token and the ``2 * beam_size`` best
+    candidates are examined: those ending in ``<eos>`` that rank among the best ``beam_size`` become
+    finished hypotheses, the best ``beam_size`` others stay alive. A sentence is done once it has ``beam_size`` finished
+    hypotheses, or when no live one can still overtake the best finished one; a hypothesis that
+    reaches ``max_len`` tokens without ``<eos>`` is finished as it is. Returns the best hypothesis
+    per sentence (ids without ``<bos>``/``<eos>``), and with ``return_scores`` also its score.
+    ``beam_size=1`` is greedy decoding.
+    """
+    _check_decode_args(src, bos_id, eos_id, max_len)
+    _check_positive(beam_size=beam_size)
+    if length_penalty < 0:
+        raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
+    batch, k, device = src.shape[0], beam_size, src.device
+    src_mask = model.make_src_mask(src)
+    memory = model.encode(src, src_mask)
+    memory = memory.repeat_interleave(k, dim=0)  # (batch * k, S, d)
+    src_mask = src_mask.repeat_interleave(k, dim=0)
+    tokens = torch.full((batch * k, 1), bos_id, dtype=torch.long, device=device)
+    # Raw log-probabilities of the live hypotheses; at the start only beam 0 of each sentence is live.
+    scores = torch.full((batch, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
+    done = [False] * batch
+
+    def normalised(raw: float, length: int) -> float:
+        return raw / (length**length_penalty)
+
+    for step in range(1, max_len + 1):
+        logits = model.decode(tokens, memory, src_mask)[:, -1].float()
+        log_probs = F.log_softmax(logits, dim=-1)  # (batch * k, V)
+        vocab = log_probs.shape[-1]
+        candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)
+        n_top = min(2 * k, k * vocab)
+        top_scores, top_index = candidates.topk(n_top, dim=-1)  # (batch, n_top)
+        beam_of, token_of = top_index // vocab, top_index % vocab
+        new_scores = torch.full((batch, k), float("-inf"), device=device)
+        new_rows = torch.zeros(batch, k, dtype=torch.long, device=device)
+        new_tokens = torch.full((batch, k), eos_id, dtype=torch.long, device=device)
+        top_scores_l, beam_l, token_l = top_scores.tolist(), beam_of.tolist(), token_of.tolist()
+        prefixes = tokens[:, 1:].tolist()
+        for b in range(batch):
+            if done[b]:
+                continue
+            alive = 0
+            for rank, (score, beam, token) in enumerate(zip(top_scores_l[b], beam_l[b], token_l[b])):
+                if score == float("-inf"):
+                    break
+                prefix = prefixes[b * k + beam]
+                if token == eos_id and rank >= k:
+                    continue  # an <eos> outside the top k: a live hypothesis outranks it (as in fairseq)
+                if token == eos_id or step == max_len:
+                    ended = prefix if token == eos_id else prefix + [token]
+                    finished[b].append((normalised(score, step), ended))
+                elif alive < k:
+                    new_scores[b, alive] = score
+                    new_rows[b, alive] = b * k + beam
+                    new_tokens[b, alive] = token
+                    alive += 1
+                if alive == k and len(finished[b]) >= k:
+                    break
+            best_done = max((s for s, _ in finished[b]), default=float("-inf"))
+            # Raw scores only fall as a hypothesis grows; the most its normalised score can reach
+            # is its raw score divided by the largest length penalty, at max_len.
+            best_alive = float(new_scores[b].max()) / (max_len**length_penalty) if alive else float("-inf")
+            if len(finished[b]) >= k or best_done >= best_alive or alive == 0:
+                done[b] = True
+                new_scores[b] = float("-inf")
+        if all(done):
+            break
+        rows = new_rows.view(-1)
+        tokens = torch.cat([tokens[rows], new_tokens.view(-1, 1)], dim=1)
+        scores = new_scores
+    best = [max(hyps, key=lambda h: h[0]) for hyps in finished]
+    sequences = [seq for _, seq in best]
+    if return_scores:
+        return sequences, [score for score, _ in best]
+    return sequences

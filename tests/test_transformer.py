@@ -1,0 +1,331 @@
+"""Tests of llmbook.transformer: shapes, masking, agreement with PyTorch, decoding and error paths."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from llmbook.transformer import (
+    DecoderLayer,
+    EncoderLayer,
+    PositionalEncoding,
+    PositionwiseFeedForward,
+    Seq2SeqTransformer,
+    beam_search,
+    copy_weights_from_torch_encoder_layer,
+    greedy_decode,
+    sinusoidal_positional_encoding,
+)
+
+PAD, BOS, EOS = 0, 1, 2
+
+
+def small_model(seed: int = 0) -> Seq2SeqTransformer:
+    """Source vocabulary 23, target vocabulary 19, in evaluation mode (dropout off)."""
+    torch.manual_seed(seed)
+    return Seq2SeqTransformer(23, 19, d_model=32, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
+                              d_ff=64, dropout=0.1, max_len=40, pad_id=PAD).eval()
+
+
+def random_ids(batch: int, length: int, vocab: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (batch, length), generator=g)
+
+
+# ------------------------------------------------------------------------------------------ shapes
+
+
+def test_positional_encoding_matches_the_formula():
+    table = sinusoidal_positional_encoding(50, 16)
+    assert table.shape == (50, 16)
+    for pos, i in [(0, 0), (3, 2), (17, 5), (49, 7)]:
+        angle = pos / 10000 ** (2 * i / 16)
+        assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
+        assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
+    # Every position has the same norm: sqrt(d_model / 2) (one sin² + cos² = 1 per pair).
+    torch.testing.assert_close(table.norm(dim=1), torch.full((50,), math.sqrt(8.0)))
+
+
+def test_positional_encoding_module_adds_the_table():
+    pe = PositionalEncoding(16, max_len=20).eval()
+    x = torch.randn(3, 7, 16)
+    torch.testing.assert_close(pe(x) - x, sinusoidal_positional_encoding(7, 16).expand(3, 7, 16))
+    assert "pe" not in pe.state_dict()  # a buffer computed from the formula, not a weight
+
+
+def test_layer_and_model_shapes():
+    torch.manual_seed(0)
+    x, memory = torch.randn(3, 7, 32), torch.randn(3, 5, 32)
+    assert PositionwiseFeedForward(32, 64)(x).shape == (3, 7, 32)
+    assert EncoderLayer(32, 4, 64)(x).shape == (3, 7, 32)
+    assert DecoderLayer(32, 4, 64)(x, memory).shape == (3, 7, 32)
+    model = small_model()
+    src, tgt = random_ids(3, 5, 23, 1), random_ids(3, 7, 19, 2)
+    memory = model.encode(src)
+    assert memory.shape == (3, 5, 32)
+    assert model.decode(tgt, memory, model.make_src_mask(src)).shape == (3, 7, 19)
+    assert model(src, tgt).shape == (3, 7, 19)
+    assert model.make_src_mask(src).shape == (3, 1, 1, 5)
+    assert model.make_tgt_mask(tgt).shape == (3, 1, 7, 7)
+
+
+def test_weight_tying_and_sharing():
+    tied = Seq2SeqTransformer(30, 30, d_model=16, num_heads=2, d_ff=32, share_embeddings=True)
+    assert tied.output.weight is tied.tgt_embed.weight is tied.src_embed.weight
+    untied = Seq2SeqTransformer(30, 30, d_model=16, num_heads=2, d_ff=32, tie_output=False)
+    assert untied.output.weight is not untied.tgt_embed.weight
+    n_tied = sum(p.numel() for p in tied.parameters())
+    n_untied = sum(p.numel() for p in untied.parameters())
+    assert n_untied - n_tied == 2 * 30 * 16  # one embedding matrix and one output matrix saved
+    assert torch.all(tied.src_embed.weight[0] == 0)  # the padding row starts at zero
+
+
+# ------------------------------------------------------------------------------------------ masking
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_encoder_layer_ignores_padded_positions(norm_first):
+    torch.manual_seed(0)
+    layer = EncoderLayer(32, 4, 64, norm_first=norm_first).eval()
+    x = torch.randn(2, 6, 32)
+    keep = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    mask = keep[:, None, None, :]
+    perturbed = x.clone()
+    perturbed[0, 4:] = 100 * torch.randn(2, 32)
+    torch.testing.assert_close(layer(x, mask)[keep], layer(perturbed, mask)[keep])
+    # Without the mask, the perturbation does leak into the real positions: the test can fail.
+    assert not torch.allclose(layer(x)[0, :4], layer(perturbed)[0, :4])
+
+
+def test_decoder_layer_is_causal_and_ignores_padded_memory():
+    torch.manual_seed(0)
+    layer = DecoderLayer(32, 4, 64).eval()
+    y, memory = torch.randn(2, 6, 32), torch.randn(2, 5, 32)
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    memory_keep = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    memory_mask = memory_keep[:, None, None, :]
+    out = layer(y, memory, causal, memory_mask)
+    future = y.clone()
+    future[:, 4:] = 100 * torch.randn(2, 2, 32)  # change positions 4 and 5
+    torch.testing.assert_close(layer(future, memory, causal, memory_mask)[:, :4], out[:, :4])
+    assert not torch.allclose(layer(future, memory, None, memory_mask)[:, :4], out[:, :4])
+    padded = memory.clone()
+    padded[0, 3:] = 100 * torch.randn(2, 32)
+    torch.testing.assert_close(layer(y, padded, causal, memory_mask), out)
+
+
+def test_model_output_does_not_depend_on_padding_or_future_tokens():
+    model = small_model()
+    src = random_ids(1, 5, 23, 3)
+    tgt = torch.cat([torch.tensor([[BOS]]), random_ids(1, 6, 19, 4)], dim=1)
+    reference = model(src, tgt)
+    # Extra source padding (as when batched with a longer sentence) changes nothing.
+    padded_src = torch.cat([src, torch.full((1, 4), PAD)], dim=1)
+    torch.testing.assert_close(model(padded_src, tgt), reference)
+    # Changing future target tokens leaves the logits of earlier positions unchanged.
+    changed = tgt.clone()
+    changed[0, 4:] = torch.tensor([7, 8, 9])
+    torch.testing.assert_close(model(src, changed)[:, :4], reference[:, :4])
+    assert not torch.allclose(model(src, changed)[:, 4:], reference[:, 4:])
+    # Batched with a longer, different sentence: the same logits.
+    other_src, other_tgt = random_ids(1, 9, 23, 5), random_ids(1, 7, 19, 6)
+    batch_src = torch.cat([padded_src, other_src], dim=0)
+    batch_tgt = torch.cat([tgt, other_tgt], dim=0)
+    torch.testing.assert_close(model(batch_src, batch_tgt)[:1], reference)
+
+
+# ------------------------------------------------------------------------------ agreement with torch
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_encoder_layer_equals_torch_transformer_encoder_layer(norm_first):
+    torch.manual_seed(0)
+    theirs = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.1, batch_first=True, norm_first=norm_first).eval()
+    ours = EncoderLayer(32, 4, 64, dropout=0.1, norm_first=norm_first).eval()
+    copy_weights_from_torch_encoder_layer(ours, theirs)
+    x = torch.randn(3, 7, 32)
+    keep = torch.arange(7)[None, :] < torch.tensor([[7], [5], [2]])
+    # PyTorch's key padding mask means True = ignore; ours means True = may attend.
+    expected = theirs(x, src_key_padding_mask=~keep)
+    torch.testing.assert_close(ours(x, keep[:, None, None, :])[keep], expected[keep])
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_copy_weights_rejects_mismatches():
+    theirs = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, norm_first=True)
+    with pytest.raises(ValueError, match="norm placement"):
+        copy_weights_from_torch_encoder_layer(EncoderLayer(32, 4, 64, norm_first=False), theirs)
+    with pytest.raises(ValueError, match="sizes differ"):
+        copy_weights_from_torch_encoder_layer(EncoderLayer(32, 8, 64), theirs)
+    with pytest.raises(ValueError, match="d_ff differs"):
+        copy_weights_from_torch_encoder_layer(EncoderLayer(32, 4, 128), theirs)
+    with pytest.raises(TypeError, match="TransformerEncoderLayer"):
+        copy_weights_from_torch_encoder_layer(EncoderLayer(32, 4, 64), nn.Linear(2, 2))
+
+
+# ------------------------------------------------------------------------------------------ decoding
+
+
+class TableModel(nn.Module):
+    """A toy 'model' whose next-token distribution is a fixed table indexed by the generated prefix.
+
+    Vocabulary: 0 = <pad>, 1 = <bos>, 2 = <eos>, 3.. = words. ``tables[s]`` serves source sentence
+    ``s`` (its first token picks the table), so a batch can mix sentences with different answers.
+    """
+
+    def __init__(self, tables: list[dict[tuple[int, ...], list[float]]], vocab: int) -> None:
+        super().__init__()
+        self.tables, self.vocab = tables, vocab
+
+    def make_src_mask(self, src):
+        return (src != PAD)[:, None, None, :]
+
+    def encode(self, src, src_mask=None):
+        return src[:, :1].float()[:, :, None]  # memory: remembers which table to use
+
+    def decode(self, tgt, memory, src_mask):
+        logits = torch.full((tgt.shape[0], tgt.shape[1], self.vocab), -math.inf)
+        for row in range(tgt.shape[0]):
+            table = self.tables[int(memory[row, 0, 0])]
+            # Dead beams (score -inf) carry filler prefixes the table lacks: any distribution will do.
+            probs = torch.tensor(table.get(tuple(tgt[row, 1:].tolist()), [1.0] * self.vocab))
+            logits[row, -1] = probs.log()  # impossible tokens get -inf
+        return logits
+
+
+def test_beam_search_finds_the_sequence_greedy_misses():
+    # p(A)=.5, p(B)=.4 first; after A the mass is spread (best A A <eos> = .5*.4*.9 = .18), after B
+    # <eos> is almost certain (B <eos> = .4*.9 = .36): greedy commits to A, a beam of 2 keeps B.
+    A, B = 3, 4
+    table = {
+        (): [0, 0, 0.1, 0.5, 0.4],
+        (A,): [0, 0, 0.3, 0.4, 0.3],
+        (B,): [0, 0, 0.9, 0.05, 0.05],
+    }
+    for prefix in itertools.product([A, B], repeat=2):
+        table[prefix] = [0, 0, 0.9, 0.05, 0.05]
+    for prefix in itertools.product([A, B], repeat=3):
+        table[prefix] = [0, 0, 1.0, 0, 0]
+    model = TableModel([table], vocab=5)
+    src = torch.tensor([[0]])
+    assert greedy_decode(model, src, bos_id=BOS, eos_id=EOS, max_len=4) == [[A, A]]
+    best, scores = beam_search(model, src, bos_id=BOS, eos_id=EOS, beam_size=2, max_len=4, length_penalty=0.0,
+                               return_scores=True)
+    assert best == [[B]]
+    assert scores[0] == pytest.approx(math.log(0.4 * 0.9), abs=1e-5)
+
+
+def random_table(seed: int, words: list[int], vocab: int, max_len: int) -> dict[tuple[int, ...], list[float]]:
+    g = torch.Generator().manual_seed(seed)
+    table = {}
+    for n in range(max_len):
+        for prefix in itertools.product(words, repeat=n):
+            probs = torch.zeros(vocab)
+            probs[[EOS, *words]] = torch.softmax(2 * torch.randn(len(words) + 1, generator=g), dim=0)
+            table[prefix] = probs.tolist()
+    return table
+
+
+def brute_force_best(table, words, max_len, length_penalty):
+    """Score every finished sequence: ends in <eos> (length ≤ max_len) or is cut at max_len tokens."""
+    best, best_score = None, -math.inf
+    for n in range(max_len + 1):
+        for prefix in itertools.product(words, repeat=n):
+            logp = sum(math.log(table[prefix[:i]][t]) for i, t in enumerate(prefix))
+            endings = [(prefix, logp + math.log(table[prefix][EOS]), n + 1)] if n < max_len else []
+            if n == max_len:
+                endings.append((prefix, logp, n))
+            for seq, score, length in endings:
+                if score / length**length_penalty > best_score:
+                    best, best_score = list(seq), score / length**length_penalty
+    return best, best_score
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 0.6, 1.0])
+def test_wide_beam_search_equals_exhaustive_search(length_penalty):
+    words, vocab, max_len = [3, 4, 5], 6, 4
+    tables = [random_table(seed, words, vocab, max_len) for seed in range(3)]
+    model = TableModel(tables, vocab)
+    src = torch.tensor([[0, 7], [1, 7], [2, PAD]])  # three sentences, three different tables
+    found, scores = beam_search(model, src, bos_id=BOS, eos_id=EOS, beam_size=200, max_len=max_len,
+                                length_penalty=length_penalty, return_scores=True)
+    for s, table in enumerate(tables):
+        best, best_score = brute_force_best(table, words, max_len, length_penalty)
+        assert found[s] == best
+        assert scores[s] == pytest.approx(best_score, abs=1e-4)
+
+
+def test_beam_search_on_a_real_model_is_batch_independent_and_beam1_is_greedy():
+    model = small_model(seed=1)
+    src = torch.cat([random_ids(1, 6, 23, 7), random_ids(1, 6, 23, 8)])
+    src[0, 3:] = PAD
+    batched = beam_search(model, src, bos_id=BOS, eos_id=EOS, beam_size=3, max_len=8)
+    alone = [beam_search(model, src[i : i + 1, : 3 if i == 0 else 6], bos_id=BOS, eos_id=EOS, beam_size=3,
+                         max_len=8)[0] for i in range(2)]
+    assert batched == alone
+    greedy = greedy_decode(model, src, bos_id=BOS, eos_id=EOS, max_len=8)
+    assert beam_search(model, src, bos_id=BOS, eos_id=EOS, beam_size=1, max_len=8) == greedy
+    assert all(len(seq) <= 8 and EOS not in seq for seq in greedy + batched)
+
+
+def test_training_steps_reduce_the_loss_on_a_copy_task():
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(12, 12, d_model=32, num_heads=4, d_ff=64, dropout=0.0, share_embeddings=True)
+    src = torch.randint(3, 12, (16, 5))
+    tgt = torch.cat([torch.full((16, 1), BOS), src, torch.full((16, 1), EOS)], dim=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        logits = model(src, tgt[:, :-1])
+        loss = nn.functional.cross_entropy(logits.reshape(-1, 12), tgt[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def test_error_paths():
+    with pytest.raises(ValueError, match="even"):
+        sinusoidal_positional_encoding(10, 7)
+    with pytest.raises(ValueError, match="length must be a positive int"):
+        sinusoidal_positional_encoding(0, 8)
+    with pytest.raises(ValueError, match="max_len"):
+        PositionalEncoding(8, max_len=4)(torch.zeros(1, 5, 8))
+    with pytest.raises(ValueError, match="divisible"):
+        Seq2SeqTransformer(10, 10, d_model=30, num_heads=4)
+    with pytest.raises(ValueError, match="joint vocabulary"):
+        Seq2SeqTransformer(10, 12, d_model=16, num_heads=2, share_embeddings=True)
+    with pytest.raises(ValueError, match="pad_id"):
+        Seq2SeqTransformer(10, 10, d_model=16, num_heads=2, pad_id=10)
+    with pytest.raises(ValueError, match="dropout"):
+        EncoderLayer(16, 2, 32, dropout=1.5)
+    with pytest.raises(ValueError, match="d_model=32"):
+        EncoderLayer(32, 4, 64)(torch.zeros(2, 3, 16))
+    with pytest.raises(ValueError, match="batch size"):
+        DecoderLayer(32, 4, 64)(torch.zeros(2, 3, 32), torch.zeros(3, 3, 32))
+    model = small_model()
+    src = random_ids(2, 4, 23, 0)
+    with pytest.raises(ValueError, match=r"outside \[0, 23\)"):
+        model(src + 30, src)
+    with pytest.raises(TypeError, match="integer token ids"):
+        model(src.float(), src)
+    with pytest.raises(ValueError, match=r"\(batch, length\)"):
+        model(src[0], src)
+    with pytest.raises(ValueError, match="same batch size"):
+        model(src, src[:1] % 19)
+    with pytest.raises(ValueError, match="exceeds max_len=40"):
+        model(random_ids(1, 41, 23, 0), src[:1] % 19)
+    with pytest.raises(ValueError, match="beam_size"):
+        beam_search(model, src, bos_id=BOS, eos_id=EOS, beam_size=0)
+    with pytest.raises(ValueError, match="length_penalty"):
+        beam_search(model, src, bos_id=BOS, eos_id=EOS, length_penalty=-1.0)
+    with pytest.raises(ValueError, match="max_len"):
+        greedy_decode(model, src, bos_id=BOS, eos_id=EOS, max_len=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        greedy_decode(model, src[:, :0], bos_id=BOS, eos_id=EOS)
