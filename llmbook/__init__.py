@@ -2,13 +2,17 @@
 
 One module per topic a chapter teaches:
 
-- :mod:`llmbook.runtime`    the scale switch, device choice, seeding, mixed precision, environment report
-- :mod:`llmbook.data`       the shipped data sets, checksum-verified, with fixed splits
-- :mod:`llmbook.pretrained` which pretrained checkpoint to load (hub, or the bundled one offline)
-- :mod:`llmbook.embed`      sentence embeddings: masked mean pooling, cosine similarity
-- :mod:`llmbook.arch`       parameter, FLOP and memory counting; roofline and timing helpers
-- :mod:`llmbook.viz`        the book's matplotlib style, training curves and heatmaps
-- :mod:`llmbook.notebooks`  executing, stamping and checking the book's notebooks
+- :mod:`llmbook.runtime`     the scale switch, device choice, seeding, mixed precision, environment report
+- :mod:`llmbook.data`        the shipped data sets, checksum-verified, with fixed splits
+- :mod:`llmbook.pretrained`  which pretrained checkpoint to load (hub, or the bundled one offline)
+- :mod:`llmbook.embed`       sentence embeddings: masked mean pooling, cosine similarity
+- :mod:`llmbook.viz`         the book's matplotlib style, training curves and heatmaps
+- :mod:`llmbook.notebooks`   executing, stamping and checking the book's notebooks
+- :mod:`llmbook.arch`        parameter, FLOP and memory counting; roofline and timing helpers (chapter 1)
+- :mod:`llmbook.attention`   scaled dot-product and multi-head attention (chapter 2)
+- :mod:`llmbook.transformer` the encoder-decoder Transformer, greedy and beam search (chapter 3)
+- :mod:`llmbook.gpt`         a decoder-only GPT, sampling and the KV cache (chapter 4)
+- :mod:`llmbook.metrics`     perplexity, classification metrics, BLEU, ROUGE, bootstrap (chapter 7)
 
 Importing ``llmbook`` itself is cheap; import the module you need.
 """
