@@ -1,0 +1,132 @@
+"""Tests of llmbook.textclf, the text-classification data helpers (fine-tuning chapter)."""
+
+import numpy as np
+import pytest
+import torch
+
+from llmbook.textclf import (
+    PadCollator,
+    TextClassificationDataset,
+    choose_max_length,
+    make_loader,
+    token_lengths,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from llmbook.pretrained import bundled_checkpoint_path
+
+    return AutoTokenizer.from_pretrained(str(bundled_checkpoint_path()))
+
+
+TEXTS = ["Stocks rally as $AAPL beats estimates", "Oil falls", "Fed holds rates steady, markets flat today"]
+
+
+def test_dataset_tokenises_without_padding_and_truncates(tokenizer):
+    ds = TextClassificationDataset(TEXTS, [1, 0, 2], tokenizer, max_length=6, num_labels=3)
+    assert len(ds) == 3 and ds.num_labels == 3
+    item = ds[1]
+    assert item["labels"] == 0 and item["input_ids"][0] == tokenizer.cls_token_id
+    assert len(item["input_ids"]) == len(tokenizer("Oil falls")["input_ids"])
+    assert max(len(ds[i]["input_ids"]) for i in range(3)) == 6  # truncated
+    assert ds[0]["input_ids"][-1] == tokenizer.sep_token_id
+
+
+def test_collator_matches_transformers_dynamic_padding(tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    ds = TextClassificationDataset(TEXTS, [1, 0, 2], tokenizer, max_length=32)
+    features = [ds[i] for i in range(3)]
+    ours = PadCollator(tokenizer.pad_token_id)(features)
+    theirs = DataCollatorWithPadding(tokenizer, return_tensors="pt")([dict(f) for f in features])
+    assert ours["input_ids"].shape[1] == max(len(f["input_ids"]) for f in features) < 32
+    for key in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+        torch.testing.assert_close(ours[key], theirs[key])
+    eight = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8)(features)
+    assert eight["input_ids"].shape[1] % 8 == 0
+
+
+def test_loader_is_repeatable(tokenizer):
+    ds = TextClassificationDataset(TEXTS * 4, [1, 0, 2] * 4, tokenizer)
+    collate = PadCollator(tokenizer.pad_token_id)
+    first = [b["labels"].tolist() for b in make_loader(ds, collate, batch_size=5, shuffle=True, seed=3)]
+    second = [b["labels"].tolist() for b in make_loader(ds, collate, batch_size=5, shuffle=True, seed=3)]
+    assert first == second and sum(map(len, first)) == 12
+
+
+def test_lengths_and_max_length(tokenizer):
+    lengths = token_lengths(TEXTS, tokenizer)
+    assert lengths.tolist() == [len(tokenizer(t)["input_ids"]) for t in TEXTS]
+    assert choose_max_length(np.arange(1, 101), quantile=0.99) == 104
+    assert choose_max_length([3000], cap=512) == 512
+    with pytest.raises(ValueError, match="quantile"):
+        choose_max_length([1, 2], quantile=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        choose_max_length([])
+
+
+def test_error_paths(tokenizer):
+    with pytest.raises(ValueError, match=r"labels\[1\] = 3 is out of range for num_labels=3"):
+        TextClassificationDataset(TEXTS, [0, 3, 1], tokenizer, num_labels=3)
+    with pytest.raises(ValueError, match="out of range"):
+        TextClassificationDataset(TEXTS, [0, -1, 1], tokenizer)
+    with pytest.raises(ValueError, match=r"texts\[2\] is empty"):
+        TextClassificationDataset(["a", "b", "  "], [0, 1, 0], tokenizer)
+    with pytest.raises(ValueError, match="texts is empty"):
+        TextClassificationDataset([], [], tokenizer)
+    with pytest.raises(TypeError, match="list of strings"):
+        TextClassificationDataset("one text", [0], tokenizer)
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        TextClassificationDataset(["a", 5], [0, 1], tokenizer)
+    with pytest.raises(ValueError, match="labels of shape"):
+        TextClassificationDataset(TEXTS, [0, 1], tokenizer)
+    with pytest.raises(TypeError, match="integers"):
+        TextClassificationDataset(TEXTS, [0.0, 1.0, 2.0], tokenizer)
+    with pytest.raises(ValueError, match="empty list"):
+        PadCollator(0)([])
+
+
+def test_length_grouped_batches_cover_everything_with_less_padding(tokenizer):
+    from llmbook.textclf import LengthGroupedBatches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 60, size=500)
+    sampler = LengthGroupedBatches(lengths, 16, group_factor=10, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 32
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    plain = sum(16 * lengths[i:i + 16].max() for i in range(0, 500, 16))
+    assert padded < 0.8 * plain
+    assert batches != list(LengthGroupedBatches(lengths, 16, group_factor=10, seed=2))
+    ds = TextClassificationDataset(TEXTS * 3, [1, 0, 2] * 3, tokenizer)
+    loader = make_loader(ds, PadCollator(tokenizer.pad_token_id), batch_size=4, group_by_length=True)
+    assert sum(len(b["labels"]) for b in loader) == 9
+    with pytest.raises(TypeError, match="TextClassificationDataset"):
+        make_loader(list(range(3)), None, group_by_length=True)
+
+
+def test_mean_pooling_classifier_ignores_padding_and_returns_loss():
+    from transformers import BertConfig, BertModel
+
+    from llmbook.textclf import MeanPoolingClassifier
+
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=32))
+    model = MeanPoolingClassifier(encoder, num_labels=3).eval()
+    ids = torch.randint(1, 50, (2, 5))
+    mask = torch.ones_like(ids)
+    labels = torch.tensor([0, 2])
+    out = model(ids, mask, labels=labels)
+    assert out.logits.shape == (2, 3)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+    padded = model(torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1),
+                   torch.cat([mask, torch.zeros(2, 3, dtype=torch.long)], 1))
+    torch.testing.assert_close(padded.logits, out.logits, rtol=1e-4, atol=1e-5)
+    assert model(ids, mask).loss is None
+    with pytest.raises(ValueError, match="num_labels"):
+        MeanPoolingClassifier(encoder, num_labels=1)
