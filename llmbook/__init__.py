@@ -12,6 +12,9 @@ One module per topic a chapter teaches:
 - :mod:`llmbook.attention`   scaled dot-product and multi-head attention (chapter 2)
 - :mod:`llmbook.transformer` the encoder-decoder Transformer, greedy and beam search (chapter 3)
 - :mod:`llmbook.gpt`         a decoder-only GPT, sampling and the KV cache (chapter 4)
+- :mod:`llmbook.bert`        BERT from scratch that loads real checkpoints; MLM/NSP pretraining (chapter 5)
+- :mod:`llmbook.train`       the book's transparent training loop (chapter 6)
+- :mod:`llmbook.textclf`     text-classification data: datasets, dynamic padding (chapter 6)
 - :mod:`llmbook.metrics`     perplexity, classification metrics, BLEU, ROUGE, bootstrap (chapter 7)
 
 Importing ``llmbook`` itself is cheap; import the module you need.
