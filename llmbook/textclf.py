@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from llmbook.embed import mean_pool
+
 __all__ = [
     "LengthGroupedBatches",
     "MeanPoolingClassifier",
@@ -233,8 +235,7 @@ class MeanPoolingClassifier(torch.nn.Module):
 
         hidden = self.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                  token_type_ids=token_type_ids).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        pooled = mean_pool(hidden, attention_mask)
         logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
