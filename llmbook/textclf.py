@@ -190,6 +190,10 @@ def make_loader(
 ) -> DataLoader:
     """A ``DataLoader`` with ``collate_fn``; shuffling uses its own seeded generator (repeatable).
 
+    The order changes from epoch to epoch, and a fresh loader with the same ``seed`` replays the same
+    sequence of epochs. A loader reused for a second training run continues that sequence, so
+    experiments that must see the same batches each get a fresh loader.
+
     ``group_by_length`` (training only, needs a :class:`TextClassificationDataset`) batches
     texts of similar length together with :class:`LengthGroupedBatches`.
     """

@@ -85,17 +85,25 @@ def plot_heatmap(
     if y_labels is not None:
         ax.set_yticks(range(len(y_labels)), labels=list(y_labels))
     if annotate:
-        low, high = image.get_clim()
-        middle = (low + high) / 2
         for (i, j), value in np.ndenumerate(data):
             ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=8,
-                    color="white" if value < middle else "black")
+                    color=_text_colour_on(image.cmap(image.norm(value))))
     if colorbar:
         ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title or "")
     ax.set_xlabel(xlabel or "")
     ax.set_ylabel(ylabel or "")
     return ax
+
+
+def _text_colour_on(rgba: Sequence[float]) -> str:
+    """Black or white, whichever is readable on a cell of colour ``rgba``.
+
+    Decided by the cell's luminance, not by the value, so it is right for every colour map:
+    light-to-dark ones such as ``Blues``, dark-to-light ones such as ``viridis`` and diverging ones.
+    """
+    red, green, blue = rgba[:3]
+    return "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
 
 
 def plot_confusion_matrix(
@@ -152,6 +160,9 @@ def _history_frame(history: object) -> pd.DataFrame:
     )
 
 
+_BOOKKEEPING = ("epoch", "lr", "learning_rate")
+
+
 def plot_history(history: object, *, x: str | None = "step", title: str | None = None) -> Figure:
     """Training curves: losses on the left panel, every other metric on the right.
 
@@ -159,13 +170,15 @@ def plot_history(history: object, *, x: str | None = "step", title: str | None =
     "val_accuracy": 0.8}``), a dict of lists, or a DataFrame. Columns whose name contains ``loss``
     are losses. Missing values (a metric logged less often than the loss) are skipped, so
     evaluation points show as markers on their own steps. ``x`` names the column for the x-axis
-    (default ``step``; if absent, the row number is used).
+    (default ``step``; if absent, the row number is used). Bookkeeping columns — ``epoch`` and the
+    learning rate (``lr``, ``learning_rate``) — are not curves of the model's quality and are left out.
     """
     frame = _history_frame(history)
     if frame.empty:
         raise ValueError("history is empty: log at least one step before plotting")
     xs = frame[x] if x is not None and x in frame else pd.Series(np.arange(len(frame)), index=frame.index)
-    columns = [c for c in frame.columns if c != x and pd.api.types.is_numeric_dtype(frame[c])]
+    columns = [c for c in frame.columns
+               if c != x and c not in _BOOKKEEPING and pd.api.types.is_numeric_dtype(frame[c])]
     losses = [c for c in columns if "loss" in c.lower()]
     metrics = [c for c in columns if c not in losses]
     if not columns:

@@ -57,6 +57,26 @@ def test_plot_history_splits_losses_and_metrics():
     assert [line.get_label() for line in metric_ax.lines] == ["val_accuracy"]
 
 
+def test_plot_history_leaves_out_epoch_and_learning_rate():
+    # llmbook.train.fit logs epoch and lr with every training row; they are not quality curves.
+    history = [{"step": s, "epoch": 1 + s // 5, "lr": 1e-4, "train_loss": 1 / s} for s in range(1, 11)]
+    history.append({"step": 10, "epoch": 2, "val_loss": 0.3, "val_macro_f1": 0.7})
+    loss_ax, metric_ax = viz.plot_history(history).axes
+    assert [line.get_label() for line in loss_ax.lines] == ["train_loss", "val_loss"]
+    assert [line.get_label() for line in metric_ax.lines] == ["val_macro_f1"]
+
+
+def test_annotation_text_is_readable_on_light_and_dark_cells():
+    # Blues is light for small values and dark for large ones; viridis the other way round.
+    blues = viz.plot_confusion_matrix([0, 0, 0, 0, 1], [0, 0, 0, 1, 1], labels=["x", "y"])
+    colours = {t.get_text(): t.get_color() for t in blues.texts}
+    assert colours["0.75"] == "white" and colours["0.00"] == "black"  # dark cell, light cell
+    dark_low = viz.plot_heatmap(np.array([[0.0, 1.0]]), annotate=True, cmap="viridis")
+    assert [t.get_color() for t in dark_low.texts] == ["white", "black"]
+    diverging = viz.plot_heatmap(np.array([[-1.0, 0.0, 1.0]]), annotate=True, cmap="RdBu_r", vmin=-1, vmax=1)
+    assert [t.get_color() for t in diverging.texts] == ["white", "black", "white"]
+
+
 def test_plot_history_accepts_dicts_and_frames():
     assert len(viz.plot_history({"loss": [3, 2, 1]}, x=None).axes) == 1
     assert len(viz.plot_history(pd.DataFrame({"step": [1, 2], "accuracy": [0.1, 0.2]})).axes) == 1
