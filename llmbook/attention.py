@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmbook.checks import require_bool
+
 __all__ = ["scaled_dot_product_attention", "causal_mask", "padding_mask", "MultiHeadAttention"]
 
 
@@ -89,8 +91,10 @@ def scaled_dot_product_attention(
     ``q`` is ``(..., L_q, d_k)``, ``k`` is ``(..., L_k, d_k)``, ``v`` is ``(..., L_k, d_v)``; the
     result is ``(..., L_q, d_v)`` and the weights ``(..., L_q, L_k)``. Leading (batch, head)
     dimensions broadcast. ``mask`` is boolean, broadcastable to ``(..., L_q, L_k)``, True where
-    attention is allowed. A query row whose keys are all masked gets zero weights (and a zero
-    output) rather than NaN, as PyTorch's SDPA does. ``dropout_p`` drops attention weights
+    attention is allowed; broadcasting aligns the last dimensions, so a 2-D mask is always
+    ``(L_q, L_k)``: a tokenizer's ``(batch, L_k)`` mask must go through :func:`padding_mask` first.
+    A query row whose keys are all masked gets zero weights (and a zero output) rather than NaN, as
+    PyTorch's SDPA does. ``dropout_p`` drops attention weights
     (rescaling the rest) and is applied as given: pass 0 in evaluation.
 
     This is the *naive* implementation: it materialises the ``L_q × L_k`` score matrix, which is
@@ -144,10 +148,19 @@ class MultiHeadAttention(nn.Module):
 
     ``forward(query, key, value, mask=None)`` takes ``(batch, L, d_model)`` tensors and returns
     ``(output (batch, L_q, d_model), weights (batch, heads, L_q, L_k))``. ``mask`` is boolean
-    (True = may attend) and broadcastable to ``(batch, heads, L_q, L_k)``: a ``(L_q, L_k)`` causal
-    mask or a ``(batch, 1, 1, L_k)`` padding mask both work. A 3-D ``(batch, L_q, L_k)`` mask is
-    refused (unless batch is 1), because broadcasting would silently line its batch up with the heads:
-    pass ``mask[:, None]`` instead.
+    (True = may attend) and broadcastable to ``(batch, heads, L_q, L_k)``. Accepted masks:
+
+    - 4-D ``(batch or 1, heads or 1, L_q or 1, L_k)``: always unambiguous. A tokenizer's ``(batch, L_k)``
+      0/1 ``attention_mask`` becomes the ``(batch, 1, 1, L_k)`` padding mask through
+      :func:`padding_mask`; an ``(L_q, L_k)`` pattern becomes ``(1, 1, L_q, L_k)`` with ``mask[None, None]``.
+    - 2-D ``(L_q or 1, L_k)``, e.g. ``causal_mask(L)``: one pattern shared by every sequence and head.
+      A 2-D mask is never read as ``(batch, L_k)``, and one whose first dimension equals a batch size
+      above 1 is refused: if the batch size differs from ``L_q`` it can only be a padding mask passed
+      raw; if it equals ``L_q`` (say batch 4 and ``causal_mask(4)``) the two readings cannot be told
+      apart. Either way the error says to pass ``padding_mask(attention_mask)`` or ``mask[None, None]``.
+    - 3-D masks only with a first dimension of 1: broadcasting would line a ``(batch, L_q, L_k)``
+      mask's batch up with the heads; pass ``mask[:, None]`` instead.
+    - 1-D ``(L_k,)``: one key mask for every query of every sequence.
 
     The parameters are four ``d_model × d_model`` linear maps (``q_proj``, ``k_proj``, ``v_proj``,
     ``out_proj``); ``nn.MultiheadAttention`` stores the first three stacked in ``in_proj_weight``.
@@ -162,8 +175,11 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_model and num_heads must be positive, got {d_model} and {num_heads}")
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
+            raise TypeError(f"dropout must be a float in [0, 1), got {dropout!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        bias = require_bool("bias", bias)
         self.d_model, self.num_heads, self.head_dim = int(d_model), int(num_heads), int(d_model) // int(num_heads)
         self.dropout = float(dropout)
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
@@ -175,6 +191,30 @@ class MultiHeadAttention(nn.Module):
         """(batch, L, d_model) -> (batch, heads, L, head_dim)."""
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _check_mask_layout(self, mask: torch.Tensor, *, batch: int, l_q: int, l_k: int) -> None:
+        """Refuse the mask shapes whose meaning broadcasting would silently get wrong (see the class docstring)."""
+        if mask.dim() == 3 and mask.shape[0] != 1:
+            raise ValueError(
+                f"a 3-D mask of shape {_shape(mask)} is ambiguous: broadcasting would line its first dimension up "
+                f"with the {self.num_heads} heads, not the batch. Pass (L_q, L_k), (batch, 1, L_q, L_k) "
+                "(e.g. mask[:, None]) or (batch, heads, L_q, L_k)"
+            )
+        # Broadcasting reads a 2-D mask as (L_q, L_k); a raw (batch, L_k) padding mask would then be
+        # applied to the query positions instead of the sequences, silently whenever batch == L_q.
+        if mask.dim() == 2 and batch > 1 and mask.shape[0] == batch:
+            if batch == l_q:
+                raise ValueError(
+                    f"a 2-D mask of shape {_shape(mask)} is ambiguous when the batch size and L_q are both {batch}: "
+                    "it could be an (L_q, L_k) pattern or a (batch, L_k) padding mask. Pass a pattern such as "
+                    "causal_mask(L) as mask[None, None] (shape (1, 1, L_q, L_k)), or a tokenizer's attention "
+                    "mask as padding_mask(attention_mask) (shape (batch, 1, 1, L_k))"
+                )
+            raise ValueError(
+                f"a 2-D mask of shape {_shape(mask)} looks like a (batch, L_k) padding mask, but 2-D masks are "
+                f"read as (L_q, L_k) = ({l_q}, {l_k}); pass padding_mask(attention_mask) "
+                "(shape (batch, 1, 1, L_k)) instead"
+            )
 
     def forward(
         self,
@@ -199,12 +239,8 @@ class MultiHeadAttention(nn.Module):
                 f"query, key, value have dtypes {query.dtype}, {key.dtype}, {value.dtype} but the module's "
                 f"weights are {dtype}; convert one of them (e.g. module.to(torch.float64))"
             )
-        if mask is not None and isinstance(mask, torch.Tensor) and mask.dim() == 3 and mask.shape[0] != 1:
-            raise ValueError(
-                f"a 3-D mask of shape {_shape(mask)} is ambiguous: broadcasting would line its first dimension up "
-                f"with the {self.num_heads} heads, not the batch. Pass (L_q, L_k), (batch, 1, L_q, L_k) "
-                "(e.g. mask[:, None]) or (batch, heads, L_q, L_k)"
-            )
+        if isinstance(mask, torch.Tensor):
+            self._check_mask_layout(mask, batch=query.shape[0], l_q=query.shape[1], l_k=key.shape[1])
         q = self._split_heads(self.q_proj(query))
         k = self._split_heads(self.k_proj(key))
         v = self._split_heads(self.v_proj(value))

@@ -11,7 +11,8 @@ The encoder is built from the book's own :class:`llmbook.attention.MultiHeadAtte
     pooled = tanh(W_p h_L[CLS])                                        (the pooler)
 
 :meth:`BertModel.from_pretrained` reads a Hugging Face BERT checkpoint folder (``config.json`` +
-``model.safetensors`` or ``pytorch_model.bin``) and maps its weight names onto ours; the tests check
+``model.safetensors`` or ``pytorch_model.bin``, or shards listed in a ``*.index.json``) and maps its
+weight names onto ours; the tests check
 that the result equals ``transformers.BertModel`` to 1e-4. :func:`mask_tokens` builds masked-language-
 model examples with BERT's 15% / 80-10-10 rule and :func:`make_nsp_pairs` next-sentence-prediction pairs;
 :class:`BertForPreTraining` adds an MLM head whose output matrix is *tied* to the token embeddings and an
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmbook.attention import MultiHeadAttention, padding_mask
+from llmbook.checks import require_bool, require_int
 
 __all__ = [
     "BertConfig",
@@ -89,15 +93,27 @@ class BertConfig:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
             )
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(f"BertConfig.hidden_act must be one of {sorted(_ACTIVATIONS)}, got {self.hidden_act!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"BertConfig.{name} must be a number in [0, 1), got {value!r}")
+        if not _is_real(self.layer_norm_eps) or not (0.0 < self.layer_norm_eps < math.inf):
+            raise ValueError(f"BertConfig.layer_norm_eps must be a small positive number, got {self.layer_norm_eps!r}")
+        # None is allowed, as in Hugging Face's configs: then no embedding row is reserved for padding.
+        pad = self.pad_token_id
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, numbers.Integral)
+                                or not 0 <= pad < self.vocab_size):
+            raise ValueError(
+                f"BertConfig.pad_token_id must be None or an int in [0, vocab_size={self.vocab_size}), got {pad!r}"
+            )
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "BertConfig":
         """Build from a ``config.json`` dict; refuses models that are not BERT, ignores unrelated keys."""
+        if not isinstance(config, Mapping):
+            raise TypeError(f"a BERT config must be a dict (the contents of config.json), got {type(config).__name__}")
         model_type = config.get("model_type")
         if model_type is not None and model_type != "bert":
             raise ValueError(f"config.json describes a {model_type!r} model, not a BERT (model_type 'bert')")
@@ -115,7 +131,32 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "BertConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a ``config.json`` file; every error about its contents starts with the file's path."""
+        path = Path(path)
+        config = _read_json(path)
+        try:
+            return cls.from_dict(config)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{path}: {exc}") from None
+
+
+def _is_real(value: Any) -> bool:
+    """A real number that is not a bool (``True`` is a number to Python, never a probability to a reader)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _read_json(path: Path) -> Any:
+    """Parse a JSON file of a checkpoint; a damaged file gives one line naming it and the fix."""
+    text = path.read_bytes()
+    try:
+        return json.loads(text)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 JSON text: the file is corrupt; download the checkpoint again") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
+            "the file is corrupt or truncated; download the checkpoint again"
+        ) from None
 
 
 class BertEmbeddings(nn.Module):
@@ -214,7 +255,13 @@ class BertModel(nn.Module):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, ...]:
         cfg = self.config
+        output_attentions = require_bool("output_attentions", output_attentions)
         _check_ids("input_ids", input_ids, cfg.vocab_size)
+        if input_ids.shape[1] == 0:
+            raise ValueError(
+                f"input_ids of shape {tuple(input_ids.shape)} holds no tokens: every sequence needs at least one "
+                "(a tokenizer gives at least [CLS] [SEP])"
+            )
         if input_ids.shape[1] > cfg.max_position_embeddings:
             raise ValueError(
                 f"input of length {input_ids.shape[1]} exceeds max_position_embeddings={cfg.max_position_embeddings}"
@@ -243,10 +290,12 @@ class BertModel(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "BertModel":
         """Load a Hugging Face BERT checkpoint folder (``config.json`` + ``model.safetensors`` or
-        ``pytorch_model.bin``). Pretraining heads (``cls.*``) in the file are skipped; any other
-        unexpected or missing weight raises ``ValueError`` listing them. Returns the model in eval mode.
+        ``pytorch_model.bin``, or a sharded checkpoint: see :func:`load_hf_state_dict`). Pretraining heads
+        (``cls.*``) in the file are skipped; any other unexpected or missing weight raises ``ValueError``
+        listing them. A malformed ``config.json`` or a damaged weights file raises an error naming the file.
+        Returns the model in eval mode.
         """
-        folder = Path(folder)
+        folder = _checkpoint_folder(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"no config.json in {folder.name!r}: not a Hugging Face checkpoint folder")
         config = BertConfig.from_json(folder / "config.json")
@@ -257,6 +306,11 @@ class BertModel(nn.Module):
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """``load_state_dict`` with a readable error listing missing, unexpected and mis-shaped weights."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict of tensors, got {type(state_dict).__name__}")
+        not_tensors = sorted(str(k) for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
+        if not_tensors:
+            raise TypeError(f"state_dict values must be tensors; these are not: {not_tensors[:10]}")
         own = self.state_dict()
         missing = sorted(set(own) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(own))
@@ -272,16 +326,117 @@ class BertModel(nn.Module):
         self.load_state_dict(state_dict)
 
 
-def load_hf_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
-    """Read ``model.safetensors`` (preferred) or ``pytorch_model.bin`` from a checkpoint folder."""
-    folder = Path(folder)
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+"""The weight files :func:`load_hf_state_dict` looks for, in order of preference (as ``transformers`` does)."""
 
-        return load_file(str(folder / "model.safetensors"))
-    if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder.name!r}")
+
+def _checkpoint_folder(folder: str | Path) -> Path:
+    if not isinstance(folder, (str, Path)):
+        raise TypeError(f"folder must be a path (str or pathlib.Path), got {type(folder).__name__}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint folder {str(folder)!r} does not exist: pass a local folder holding config.json and the "
+            "weights (for a hub name, download it first, e.g. with huggingface_hub.snapshot_download)"
+        )
+    return folder
+
+
+def load_hf_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Read the weights of a checkpoint folder: the first of :data:`WEIGHT_FILES` that exists.
+
+    A sharded checkpoint (``model.safetensors.index.json`` or ``pytorch_model.bin.index.json``, whose
+    ``weight_map`` says which shard file holds each weight) is read shard by shard into one dict.
+    A truncated or corrupt file raises ``ValueError`` naming it.
+    """
+    folder = _checkpoint_folder(folder)
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if path.is_file():
+            return _load_sharded(path) if name.endswith(".index.json") else _load_weight_file(path)
+    raise FileNotFoundError(f"no weights in {str(folder)!r}: looked for {', '.join(WEIGHT_FILES)}")
+
+
+def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
+    """One ``.safetensors`` or ``torch.save``d file as a dict of tensors, with one-line errors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    damaged = f"{path} is corrupt or truncated ({{}}): delete it and download the checkpoint again"
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except SafetensorError as exc:
+            raise ValueError(damaged.format(_gist(exc))) from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (FileNotFoundError, PermissionError, MemoryError):
+            raise
+        except Exception as exc:  # a damaged file fails in many ways: EOFError, KeyError, OSError (EINVAL), ...
+            if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+                raise ValueError(
+                    f"{path} holds Python objects besides tensors, which are not loaded for safety: save the "
+                    "weights alone with torch.save(model.state_dict(), path)"
+                ) from None
+            raise ValueError(damaged.format(_gist(exc))) from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"{path} does not hold a state dict (names -> tensors) but a {type(state).__name__}: save the "
+            "weights with torch.save(model.state_dict(), path)"
+        )
+    return dict(state)
+
+
+def _gist(exc: BaseException) -> str:
+    """Type and first sentence of a library's error: PyTorch's can run to a page of advice about other cases."""
+    text = str(exc)
+    # torch.load(weights_only=True) wraps the actual problem in paragraphs about weights_only
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    lines = [line for line in (raw.strip() for raw in text.splitlines()) if line]
+    first = lines[0].split(". ")[0][:160] if lines else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _load_sharded(index_path: Path) -> dict[str, torch.Tensor]:
+    """Read every shard named in a Hugging Face ``*.index.json`` into one state dict."""
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if (not isinstance(weight_map, dict) or not weight_map
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+        raise ValueError(
+            f"{index_path} has no valid 'weight_map' (a JSON object from weight name to shard file name): "
+            "the file is corrupt; download the checkpoint again"
+        )
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        # Hugging Face writes shards next to their index; a path elsewhere is not a checkpoint of this folder.
+        if Path(shard).name != shard or shard in ("", ".", ".."):
+            raise ValueError(f"{index_path} names the shard {shard!r}, which is not a file name in its folder")
+        path = index_path.parent / shard
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{index_path} lists the shard {shard} but {path} does not exist: the download is incomplete; "
+                "download the checkpoint again"
+            )
+        part = _load_weight_file(path)
+        repeated = sorted(set(part) & set(state))
+        if repeated:
+            raise ValueError(f"weights {repeated[:10]} appear in {path} and in another shard of {index_path}")
+        state.update(part)
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise ValueError(
+            f"{index_path} lists weights that no shard holds: {missing[:10]}"
+            + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            + ": a shard is out of date; download the checkpoint again"
+        )
+    return state
 
 
 # Hugging Face name (inside encoder.layer.{i}.) -> our name (inside layers.{i}.)
@@ -382,6 +537,7 @@ class BertForPreTraining(nn.Module):
 
     def __init__(self, config: BertConfig, nsp: bool = True) -> None:
         super().__init__()
+        nsp = require_bool("nsp", nsp)
         self.bert = BertModel(config)
         self.mlm = BertMLMHead(config, self.bert.embeddings.word_embeddings)
         self.nsp = nn.Linear(config.hidden_size, 2) if nsp else None
@@ -397,10 +553,21 @@ class BertForPreTraining(nn.Module):
         next_sentence_label: torch.Tensor | None = None,
     ) -> PreTrainingOutput:
         hidden, pooled = self.bert(input_ids, attention_mask, token_type_ids)
+        vocab_size = self.bert.config.vocab_size
         mlm_loss = nsp_loss = nsp_logits = None
         if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)}")
+            if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
+                shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+                raise ValueError(f"labels {shape} must be a tensor matching input_ids {tuple(input_ids.shape)}")
+            if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+                raise TypeError(f"labels must hold integer ids (torch.long), got dtype {labels.dtype}")
+            # Checked here because cross_entropy on a GPU reports a bad label only as a device-side assert.
+            bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab_size))
+            if bool(bad.any()):
+                raise ValueError(
+                    f"labels must be token ids in [0, {vocab_size}) or IGNORE_INDEX ({IGNORE_INDEX}), "
+                    f"got {int(labels[bad][0])}"
+                )
             chosen = labels != IGNORE_INDEX
             mlm_labels = labels[chosen]
             mlm_logits = self.mlm(hidden[chosen])
@@ -411,12 +578,28 @@ class BertForPreTraining(nn.Module):
         if self.nsp is not None:
             nsp_logits = self.nsp(pooled)
             if next_sentence_label is not None:
+                batch = input_ids.shape[0]
+                if (not isinstance(next_sentence_label, torch.Tensor) or next_sentence_label.shape != (batch,)
+                        or next_sentence_label.dtype.is_floating_point or next_sentence_label.dtype == torch.bool
+                        or not bool(((next_sentence_label == 0) | (next_sentence_label == 1)).all())):
+                    raise ValueError(
+                        f"next_sentence_label must be a ({batch},) integer tensor of 0 (B follows A) and "
+                        "1 (B is random)"
+                    )
                 nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)
         elif next_sentence_label is not None:
             raise ValueError("next_sentence_label given but this model was built with nsp=False")
         losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
         loss = sum(losses) if losses else None
         return PreTrainingOutput(loss, mlm_loss, nsp_loss, mlm_logits, nsp_logits, mlm_labels)
+
+
+def _as_python_int(value: Any) -> Any:
+    """A one-element integer tensor (as iterating over a tensor of ids gives) as an ``int``; else unchanged."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_floating_point \
+            and value.dtype != torch.bool:
+        return int(value.item())
+    return value
 
 
 def mask_tokens(
@@ -435,21 +618,38 @@ def mask_tokens(
     Returns ``(masked_input_ids, labels)``; ``labels`` holds the original id at chosen positions and
     ``IGNORE_INDEX`` (-100) elsewhere. Tokens whose id is in ``special_ids`` (e.g. [CLS], [SEP], [PAD])
     or where ``special_tokens_mask`` is True are never chosen. Random replacements are drawn from the
-    non-special ids. The input is not modified.
+    non-special ids. The input is not modified. ``mask_token_id`` and every special id must lie in the
+    vocabulary ``[0, vocab_size)``: ids of another tokenizer raise ``ValueError``.
     """
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
         raise TypeError(f"input_ids must hold integer ids, got dtype {input_ids.dtype}")
-    if isinstance(mlm_probability, bool) or not isinstance(mlm_probability, numbers.Real) or not 0 < mlm_probability <= 1:
+    if not _is_real(mlm_probability) or not 0 < mlm_probability <= 1:
         raise ValueError(f"mlm_probability must be in (0, 1], got {mlm_probability!r}")
+    vocab_size = require_int("vocab_size", vocab_size, minimum=1)
+    mask_token_id = require_int("mask_token_id", _as_python_int(mask_token_id))
     if not 0 <= mask_token_id < vocab_size:
         raise ValueError(f"mask_token_id={mask_token_id} is outside the vocabulary [0, {vocab_size})")
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
         raise ValueError(f"input_ids must lie in [0, {vocab_size})")
-    special_ids = sorted({int(i) for i in special_ids} | {int(mask_token_id)})
+    if isinstance(special_ids, (str, bytes)) or not isinstance(special_ids, Iterable):
+        raise TypeError(f"special_ids must be a list of token ids, e.g. tokenizer.all_special_ids; got {special_ids!r}")
+    checked = set()
+    for i, token_id in enumerate(special_ids):
+        token_id = require_int(f"special_ids[{i}]", _as_python_int(token_id))
+        # Out of range, a negative id would silently exclude a token counted from the end of the vocabulary.
+        if not 0 <= token_id < vocab_size:
+            raise ValueError(
+                f"special_ids holds {token_id}, outside the vocabulary [0, {vocab_size}): pass the special ids "
+                "of the tokenizer whose vocab_size you pass (tokenizer.all_special_ids)"
+            )
+        checked.add(token_id)
+    special_ids = sorted(checked | {mask_token_id})
     special = torch.isin(input_ids, torch.tensor(special_ids, device=input_ids.device))
     if special_tokens_mask is not None:
+        if not isinstance(special_tokens_mask, torch.Tensor):
+            raise TypeError(f"special_tokens_mask must be a boolean tensor, got {type(special_tokens_mask).__name__}")
         if special_tokens_mask.shape != input_ids.shape:
             raise ValueError(
                 f"special_tokens_mask {tuple(special_tokens_mask.shape)} must match input_ids {tuple(input_ids.shape)}"
@@ -486,14 +686,28 @@ def make_nsp_pairs(
     For every pair of consecutive sentences in a document, B is the true next sentence (label 0) or,
     with probability ``random_fraction``, a sentence from a *different* random document (label 1).
     Documents with fewer than two sentences contribute nothing. Deterministic for a given ``seed``.
+    A document given as one string (rather than a list of its sentences) raises ``TypeError``: split
+    it into sentences first.
     """
-    if isinstance(documents, str) or not isinstance(documents, Sequence):
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
         raise TypeError("documents must be a sequence of documents, each a list of sentences")
-    docs = [list(d) for d in documents]
+    docs = []
+    for d, doc in enumerate(documents):
+        # A string is a sequence too: left alone, it would become pairs of single characters.
+        if isinstance(doc, (str, bytes)) or not isinstance(doc, Iterable):
+            raise TypeError(
+                f"documents[{d}] is a {type(doc).__name__}, not a list of sentences: pass a list of documents, "
+                "each a list of sentence strings, e.g. [['First sentence.', 'Second one.'], [...]]"
+            )
+        doc = list(doc)
+        for i, sentence in enumerate(doc):
+            if not isinstance(sentence, str):
+                raise TypeError(f"documents[{d}][{i}] must be a sentence (str), got {type(sentence).__name__}")
+        docs.append(doc)
     if len(docs) < 2:
         raise ValueError("need at least two documents to draw random (not-next) sentences")
-    if not 0.0 <= random_fraction <= 1.0:
-        raise ValueError(f"random_fraction must be in [0, 1], got {random_fraction}")
+    if not _is_real(random_fraction) or not 0.0 <= random_fraction <= 1.0:
+        raise ValueError(f"random_fraction must be in [0, 1], got {random_fraction!r}")
     rng = random.Random(seed)
     pairs = []
     for d, doc in enumerate(docs):

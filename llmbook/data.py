@@ -19,11 +19,16 @@ same on every machine.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import difflib
 import hashlib
 import io
 import json
 import lzma
+import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -262,11 +267,15 @@ def list_datasets() -> pd.DataFrame:
 
 def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name``; an unknown name raises ``ValueError`` listing the known ones."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a data set name (str) such as 'banking77', got {name!r} ({type(name).__name__})")
     try:
         return DATASETS[name]
     except KeyError:
+        close = difflib.get_close_matches(name.strip().lower(), DATASETS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
-            f"Unknown data set {name!r}. The book ships: {', '.join(DATASETS)}."
+            f"Unknown data set {name!r}.{hint} The book ships: {', '.join(DATASETS)}."
         ) from None
 
 
@@ -281,7 +290,7 @@ def read_verified_bytes(name: str, filename: str) -> bytes:
     altered or undecodable one; both messages name the file and how to restore it.
     """
     info = dataset_info(name)
-    if filename not in info.files:
+    if not isinstance(filename, str) or filename not in info.files:
         raise ValueError(f"{name} has no file {filename!r}; its files are {', '.join(info.files)}.")
     path = _package_file(name, filename)
     shown = f"llmbook/datasets/{name}/{filename}"
@@ -455,41 +464,72 @@ def load_dataset(name: str, split: str = "train") -> pd.DataFrame | str:
     ones; a missing or corrupted file raises ``FileNotFoundError`` / :class:`DataChecksumError`.
     """
     info = dataset_info(name)
-    if split not in info.splits:
+    if not isinstance(split, str) or split not in info.splits:
         raise ValueError(f"{name} has no split {split!r}; choose one of {', '.join(info.splits)}.")
     return _LOADERS[name](split)
+
+
+def _write_bytes_atomically(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder, fsync and ``os.replace``."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(payload)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; shipped data is world-readable
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def pack_shared_data(source_dir: str | Path, target_dir: str | Path | None = None) -> list[Path]:
     """Rebuild ``llmbook/datasets`` from an uncompressed copy of the data (e.g. ``../shared/data``).
 
-    Every source file is checked against the registry's checksum first, so the package can only
-    ever ship the exact upstream bytes. Returns the files written.
+    Every source file is checked against the registry's checksum before anything is written, so the
+    package can only ever ship the exact upstream bytes, and a bad source leaves the target as it
+    was. Each file is written atomically (temporary file, fsync, ``os.replace``). Returns the files
+    written.
     """
     source_dir = Path(source_dir)
+    if not source_dir.is_dir():
+        raise FileNotFoundError(f"{source_dir} is not a folder: pass the folder with one subfolder per data set.")
     target_dir = Path(target_dir) if target_dir is not None else Path(__file__).parent / "datasets"
-    written = []
+    verified = []
     for info in DATASETS.values():
         for filename, expected in info.files.items():
-            plain_name = filename.removesuffix(".xz")
-            src = source_dir / info.name / plain_name
+            src = source_dir / info.name / filename.removesuffix(".xz")
             if not src.is_file():
                 raise FileNotFoundError(f"{src} is missing: cannot pack {info.name}.")
             raw = src.read_bytes()
             if hashlib.sha256(raw).hexdigest() != expected:
                 raise DataChecksumError(f"{src} does not match the registry's sha256 {expected[:12]}...")
-            out = target_dir / info.name / filename
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME) if filename.endswith(".xz") else raw)
-            written.append(out)
+            verified.append((target_dir / info.name / filename, raw))  # the whole data is ~50 MB
+    written = []
+    for out, raw in verified:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_bytes_atomically(out, lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME) if out.suffix == ".xz" else raw)
+        written.append(out)
     return written
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """``python -m llmbook.data SOURCE_DIR``: rebuild ``llmbook/datasets``; problems are one line on stderr."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Rebuild llmbook/datasets from an uncompressed data folder.")
     parser.add_argument("source_dir", help="folder with one subfolder per data set, e.g. ../shared/data")
-    args = parser.parse_args()
-    files = pack_shared_data(args.source_dir)
+    args = parser.parse_args(argv)
+    try:
+        files = pack_shared_data(args.source_dir)
+    except (FileNotFoundError, DataChecksumError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"packed {len(files)} files into llmbook/datasets")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmbook.attention import MultiHeadAttention, scaled_dot_product_attention
+from llmbook.checks import defines_no_distribution, require_bool, require_int
 
 ATTN_IMPLS = ("naive", "sdpa")
 
@@ -49,8 +50,25 @@ class GPTConfig:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        self.bias = require_bool("GPTConfig.bias", self.bias)
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+
+
+def _check_token_ids(name: str, ids: torch.Tensor, vocab_size: int) -> None:
+    """Token ids must index the embedding: name the first offending id and the vocabulary size.
+
+    (On a GPU an out-of-range id is a device-side assert that breaks the whole CUDA context.)
+    """
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids (torch.long), got dtype {ids.dtype}")
+    outside = (ids < 0) | (ids >= vocab_size)
+    if ids.numel() and bool(outside.any()):
+        bad = int(ids[outside][0])
+        raise ValueError(
+            f"{name} holds token id {bad}, outside the vocabulary [0, {vocab_size}) of this model "
+            f"(vocab_size={vocab_size}); encode the text with the tokenizer the model was built for"
+        )
 
 
 class KVCache:
@@ -62,7 +80,8 @@ class KVCache:
 
     def __init__(self, config: GPTConfig, batch: int, device: torch.device | str, dtype: torch.dtype,
                  max_len: int | None = None) -> None:
-        max_len = config.block_size if max_len is None else max_len
+        batch = require_int("batch", batch, minimum=1)
+        max_len = config.block_size if max_len is None else require_int("max_len", max_len)
         if not 1 <= max_len <= config.block_size:
             raise ValueError(f"max_len must be in [1, block_size={config.block_size}], got {max_len}")
         shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
@@ -159,8 +178,10 @@ class GPT(nn.Module):
 
     ``forward(idx, targets=None, cache=None)`` takes ``(batch, T)`` token ids and returns
     ``(logits (batch, T, vocab), loss)``; ``loss`` is the mean cross-entropy in nats per token when
-    ``targets`` is given, else ``None``. With a :class:`KVCache`, ``idx`` holds only the new tokens,
-    which sit after the ``cache.length`` positions already cached.
+    ``targets`` is given (positions with target -100 are left out), else ``None``. With a
+    :class:`KVCache`, ``idx`` holds only the new tokens, which sit after the ``cache.length``
+    positions already cached. Token ids outside ``[0, vocab_size)``, and a cache of another batch
+    size or without room for the new tokens, raise ``ValueError`` before anything is computed.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -192,6 +213,7 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters (the tied matrix counted once); ``non_embedding`` leaves out the position table."""
+        non_embedding = require_bool("non_embedding", non_embedding)
         n = sum(p.numel() for p in self.parameters())
         return n - self.pos_emb.weight.numel() if non_embedding else n
 
@@ -203,13 +225,22 @@ class GPT(nn.Module):
             dtype = idx.dtype if isinstance(idx, torch.Tensor) else None
             raise ValueError(f"idx must be a (batch, length) tensor of integer token ids, got {shape} {dtype or ''}")
         b, t = idx.shape
+        if t == 0:
+            raise ValueError("idx has no tokens (length 0)")
+        _check_token_ids("idx", idx, self.config.vocab_size)
         past = 0 if cache is None else cache.length
         if past + t > self.config.block_size:
             raise ValueError(
                 f"context of {past + t} tokens is longer than the model's block_size={self.config.block_size}"
             )
-        if t == 0:
-            raise ValueError("idx has no tokens (length 0)")
+        if cache is not None:
+            self._check_cache(cache, b, t)
+        if targets is not None:
+            if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
+                shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
+                raise ValueError(f"targets {shape} must have the shape of idx {tuple(idx.shape)}")
+            # -100 is cross_entropy's ignore_index: positions that take no part in the loss.
+            _check_token_ids("targets", targets.masked_fill(targets == -100, 0), self.config.vocab_size)
         pos = torch.arange(past, past + t, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
         for block in self.blocks:
@@ -219,10 +250,36 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:
-            if targets.shape != idx.shape:
-                raise ValueError(f"targets {tuple(targets.shape)} must have the shape of idx {tuple(idx.shape)}")
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
+
+    def _check_cache(self, cache: KVCache, batch: int, new: int) -> None:
+        """The cache must fit this model's shape, hold ``batch`` sequences and have room for ``new`` positions."""
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a KVCache from model.new_cache(batch), got {type(cache).__name__}")
+        cfg = self.config
+        n_layer, cache_batch, n_head, _, head_dim = cache.k.shape
+        if (n_layer, n_head, head_dim) != (cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head):
+            raise ValueError(
+                f"the KV cache was made for another model ({n_layer} layers, {n_head} heads of size {head_dim}); "
+                "create it with this model's new_cache(batch)"
+            )
+        if cache_batch != batch:
+            raise ValueError(
+                f"the KV cache holds {cache_batch} sequences but idx has a batch of {batch}; "
+                f"create it with model.new_cache(batch={batch})"
+            )
+        if cache.k.device != self.tok_emb.weight.device:
+            raise ValueError(
+                f"the KV cache is on {cache.k.device} but the model on {self.tok_emb.weight.device}; "
+                "create the cache after moving the model"
+            )
+        if cache.length + new > cache.max_len:
+            raise ValueError(
+                f"the KV cache is full: {cache.length} cached + {new} new positions exceed its "
+                f"max_len={cache.max_len}; "
+                f"create a larger one with model.new_cache(batch, max_len=...) (at most block_size={cfg.block_size})"
+            )
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         """An empty :class:`KVCache` for ``batch`` sequences on this model's device and dtype."""
@@ -260,8 +317,17 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     """Set to -inf every logit outside the top-k and outside the nucleus (smallest set with mass ≥ top_p).
 
     ``logits`` is ``(..., vocab)``. The most likely token always survives. Ties at the k-th value
-    are all kept.
+    are all kept. Entries that are already -inf stay out (so filters can be chained); NaN, +inf, or
+    a row with no finite logit raise ``ValueError``.
     """
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 1:
+        got = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise TypeError(f"logits must be a floating-point tensor (..., vocab), got {got}")
+    if logits.numel() and defines_no_distribution(logits):
+        raise ValueError(
+            "logits contain NaN or +inf, or a row with no finite value: they define no distribution to filter. "
+            "Check the model that produced them (diverged training, float16 overflow)."
+        )
     if top_k is not None:
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
@@ -269,7 +335,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         kth = torch.topk(logits, k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None:
-        if not 0.0 < top_p <= 1.0:
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
@@ -292,9 +358,10 @@ def _check_generate_args(model: GPT, idx: torch.Tensor, max_new_tokens: int, tem
         raise ValueError(
             f"prompt of {idx.shape[1]} tokens is longer than the model's block_size={model.config.block_size}"
         )
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    _check_token_ids("idx", idx, model.config.vocab_size)
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or math.isnan(temperature):
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or math.isnan(temperature):
         raise ValueError(f"temperature must be a number, got {temperature!r}")
     if temperature <= 0 and not greedy:
         raise ValueError(
@@ -326,7 +393,10 @@ def generate(
     only the newest token. Past ``block_size`` tokens the context slides (the oldest token drops out);
     with learned absolute positions every cached key then changes position, so the cached path
     recomputes the window, exactly like the uncached one. Pass a seeded ``generator`` to repeat a sample.
+    Logits with NaN or +inf (a broken model) raise ``ValueError`` instead of yielding token 0.
     """
+    use_cache = require_bool("use_cache", use_cache)
+    greedy = require_bool("greedy", greedy)
     _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, greedy)
     block = model.config.block_size
     was_training = model.training
@@ -345,10 +415,22 @@ def generate(
                 cache = None  # sliding window: positions shift, so nothing cached stays valid
                 logits, _ = model(out[:, -block:])
             logits = logits[:, -1, :].float()
+            if defines_no_distribution(logits):
+                raise ValueError(
+                    f"the model's next-token logits at generation step {step + 1} contain NaN or infinite values, "
+                    "so there is no next token to choose. The model is broken (diverged training, or float16 "
+                    "overflow): check its weights and run it in float32."
+                )
             if greedy:
                 nxt = logits.argmax(dim=-1, keepdim=True)
             else:
-                logits = filter_logits(logits / temperature, top_k, top_p)
+                logits = logits / temperature
+                if defines_no_distribution(logits):
+                    raise ValueError(
+                        f"temperature={temperature!r} is so small that logits / temperature overflow to infinity; "
+                        "use a larger temperature, or greedy=True for arg-max decoding"
+                    )
+                logits = filter_logits(logits, top_k, top_p)
                 probs = torch.softmax(logits, dim=-1)
                 nxt = torch.multinomial(probs, 1, generator=generator)
             out = torch.cat([out, nxt], dim=1)
@@ -383,14 +465,30 @@ def evaluate_loss(model: GPT, data: torch.Tensor, block_size: int | None = None,
     """Mean next-token cross-entropy (nats/token) over consecutive, non-overlapping windows of ``data``.
 
     Deterministic: every token of ``data`` (up to ``max_windows`` windows) is predicted once, from the
-    context of its own window.
+    context of its own window. ``block_size`` (default: the model's) may not exceed the model's
+    context, and ``data`` must hold at least ``block_size + 1`` tokens.
     """
-    block_size = block_size or model.config.block_size
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be an llmbook.gpt.GPT, got {type(model).__name__}")
+    if not isinstance(data, torch.Tensor) or data.dim() != 1:
+        raise ValueError(f"data must be a 1-D tensor of token ids, got {getattr(data, 'shape', type(data).__name__)}")
+    _check_token_ids("data", data, model.config.vocab_size)
+    context = model.config.block_size
+    if block_size is None:
+        block_size = context
+    block_size = require_int("block_size", block_size, minimum=1)
+    if block_size > context:
+        raise ValueError(f"block_size={block_size} is longer than the model's context (block_size={context})")
+    batch_size = require_int("batch_size", batch_size, minimum=1)
+    if max_windows is not None:
+        max_windows = require_int("max_windows", max_windows, minimum=1)
     n = (len(data) - 1) // block_size
     if max_windows is not None:
         n = min(n, max_windows)
     if n < 1:
-        raise ValueError(f"data has {len(data)} tokens, too few for one window of {block_size}")
+        raise ValueError(
+            f"data has {len(data)} tokens, too few for one window of {block_size}: it needs at least {block_size + 1}"
+        )
     device = next(model.parameters()).device
     x_all = data[: n * block_size].view(n, block_size).long()
     y_all = data[1: n * block_size + 1].view(n, block_size).long()

@@ -11,15 +11,28 @@ Layout of references
 --------------------
 :func:`bleu` and :func:`rouge` take ``references[i]`` = *the list of reference texts of example i*.
 ``sacrebleu`` takes them the other way round, one list per reference *stream*
-(``streams[k][i]`` = the k-th reference of example i). Convert between the two with
-``[list(r) for r in zip(*streams)]``: then ``bleu(hyps, references)`` equals
-``sacrebleu.corpus_bleu(hyps, streams).score`` (the tests check it to 1e-9).
+(``streams[k][i]`` = the k-th reference of example i). The BLEU functions accept both: pass
+``ref_layout="streams"`` for sacrebleu's layout, then ``bleu(hyps, streams, ref_layout="streams")``
+equals ``sacrebleu.corpus_bleu(hyps, streams).score`` (the tests check it to 1e-9). Without the
+keyword the layout is ours, and a table that reads differently in the two layouts (a square one:
+as many references per example as there are examples) is refused with an error that asks for
+``ref_layout``, rather than silently read the wrong way. ``[list(r) for r in zip(*streams)]``
+converts sacrebleu's layout into ours.
+
+Chinese and other unsegmented text
+----------------------------------
+Word-based metrics need words. ``bleu(..., tokenize="zh")`` splits Chinese characters apart as
+sacrebleu's ``zh`` tokenizer does (``"char"`` splits every character); :func:`rouge` with
+``tokenize="cjk"`` scores Chinese, Japanese and Korean characters one by one, where rouge-score's
+default tokenizer (and ``tokenize="default"``) *drops* every non-ASCII character, so a Chinese
+summary scores 0.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Mapping, NamedTuple, Sequence
@@ -28,8 +41,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from llmbook.checks import require_finite, require_int
+
 __all__ = [
     "tokenize_13a",
+    "tokenize_zh",
+    "tokenize_char",
+    "BLEU_TOKENIZERS",
+    "REF_LAYOUTS",
     "ngram_counts",
     "BleuResult",
     "bleu_statistics",
@@ -37,6 +56,8 @@ __all__ = [
     "bleu_details",
     "bleu",
     "rouge_tokenize",
+    "rouge_tokenize_cjk",
+    "ROUGE_TOKENIZERS",
     "lcs_length",
     "rouge_n_scores",
     "rouge_l_scores",
@@ -142,13 +163,20 @@ _13A_RULES = [
 ]
 
 
+def _split_with_13a_rules(line: str) -> list[str]:
+    for pattern, replacement in _13A_RULES:
+        line = pattern.sub(replacement, line)
+    return line.split()
+
+
 def tokenize_13a(text: str) -> list[str]:
     """Split ``text`` into tokens the way ``mteval-v13a.pl`` (sacrebleu's default, ``13a``) does.
 
     Trailing whitespace is dropped, a few HTML entities are unescaped, punctuation is separated
     from words (periods and commas only when not inside a number), and the result is split on
     whitespace (Unicode whitespace included, e.g. the narrow no-break space of French typography).
-    Case is kept.
+    Case is kept. Chinese or Japanese text, written without spaces, stays one "word" per run of
+    characters: use :func:`tokenize_zh` (or ``bleu(..., tokenize="zh")``) for it.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -156,10 +184,164 @@ def tokenize_13a(text: str) -> list[str]:
     line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     if "&" in line:
         line = line.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
-    line = f" {line} "
-    for pattern, replacement in _13A_RULES:
-        line = pattern.sub(replacement, line)
-    return line.split()
+    return _split_with_13a_rules(f" {line} ")
+
+
+# The code points sacrebleu's "zh" tokenizer (sacrebleu/tokenizers/tokenizer_zh.py) treats as Chinese
+# characters and splits off one by one. Two of its ranges are written with four-digit escapes
+# ("\u20000" to "\u2a6d6", meant as CJK Extension B, U+20000..U+2A6D6, and "\u2f800" to "\u2fa1d"),
+# which Python reads as two-character strings; compared with one character they cover U+2001..U+2A6D
+# (general punctuation such as the em dash and curly quotes, currency signs, arrows, maths symbols...)
+# and U+2F81..U+2FA1, and never the Extension B ideographs themselves. BLEU scores are only comparable
+# under the same tokenisation, so these are the ranges sacrebleu *actually* uses, quirks included
+# (the tests compare every code point with sacrebleu's own check).
+_ZH_RANGES = (
+    (0x3400, 0x4DB5),  # CJK Unified Ideographs Extension A
+    (0x4E00, 0x9FBB),  # CJK Unified Ideographs (sacrebleu stops at U+9FBB, Unicode 4.1)
+    (0xF900, 0xFA2D),  # CJK Compatibility Ideographs
+    (0xFA30, 0xFA6A),
+    (0xFA70, 0xFAD9),
+    (0x2001, 0x2A6D),  # see above: what "\u20000".."\u2a6d6" covers
+    (0x2F81, 0x2FA1),  # see above: what "\u2f800".."\u2fa1d" covers
+    (0xFF00, 0xFFEF),  # full-width ASCII and punctuation, half-width kana
+    (0x2E80, 0x2EFF),  # CJK Radicals Supplement
+    (0x3000, 0x303F),  # CJK punctuation (。、「」...)
+    (0x31C0, 0x31EF),  # CJK strokes
+    (0x2F00, 0x2FDF),  # Kangxi radicals
+    (0x2FF0, 0x2FFF),  # ideographic description characters
+    (0x3100, 0x312F),  # Bopomofo
+    (0x31A0, 0x31BF),  # Bopomofo extended
+    (0xFE10, 0xFE1F),  # vertical forms
+    (0xFE30, 0xFE4F),  # CJK compatibility forms
+    (0x2600, 0x26FF),  # miscellaneous symbols
+    (0x2700, 0x27BF),  # dingbats
+    (0x3200, 0x32FF),  # enclosed CJK letters and months
+    (0x3300, 0x33FF),  # CJK compatibility
+)
+_ZH_CHARACTER = re.compile(
+    "([" + "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in _ZH_RANGES) + "])"
+)
+
+
+def tokenize_zh(text: str) -> list[str]:
+    """Split ``text`` into tokens the way sacrebleu's ``zh`` tokenizer does (for Chinese output).
+
+    Every Chinese character (and CJK punctuation, full-width form and a few symbol blocks: see
+    ``_ZH_RANGES``) becomes a token of its own; the rest is split with the ``13a`` punctuation
+    rules, so English words and numbers inside Chinese text stay whole. Unlike ``13a`` no HTML
+    entity is unescaped, and leading and trailing whitespace is stripped first.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return _split_with_13a_rules(_ZH_CHARACTER.sub(r" \1 ", text.strip()))
+
+
+def tokenize_char(text: str) -> list[str]:
+    """Every character that is not whitespace is a token: sacrebleu's ``char`` tokenizer."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    # sacrebleu joins the characters with spaces and splits on whitespace: whitespace characters vanish
+    return [char for char in text if not char.isspace()]
+
+
+def _tokenize_none(text: str) -> list[str]:
+    """Split on whitespace only: sacrebleu's ``none`` tokenizer (for text that is already tokenised)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return text.split()
+
+
+BLEU_TOKENIZERS: dict[str, Callable[[str], list[str]]] = {
+    "13a": tokenize_13a,
+    "zh": tokenize_zh,
+    "char": tokenize_char,
+    "none": _tokenize_none,
+}
+"""sacrebleu's tokenizer names that ``bleu(..., tokenize=NAME)`` accepts, with the function for each."""
+
+
+def _resolve_bleu_tokenizer(
+    tokenize: str | None, tokenizer: Callable[[str], list[str]] | None
+) -> Callable[[str], list[str]]:
+    if tokenizer is not None:
+        if tokenize is not None:
+            raise ValueError(
+                f"pass tokenize= (one of sacrebleu's names) or tokenizer= (your own function), not both; "
+                f"got tokenize={tokenize!r} and tokenizer={tokenizer!r}"
+            )
+        if not callable(tokenizer):
+            raise TypeError(f"tokenizer must be a function from a str to a list of tokens, got {tokenizer!r}")
+        return tokenizer
+    name = "13a" if tokenize is None else tokenize
+    if not isinstance(name, str) or name not in BLEU_TOKENIZERS:
+        raise ValueError(
+            f"tokenize must be one of {', '.join(map(repr, BLEU_TOKENIZERS))} (sacrebleu's names), got "
+            f"{name!r}; for another tokenisation pass tokenizer=<a function from a str to a list of tokens>"
+        )
+    return BLEU_TOKENIZERS[name]
+
+
+REF_LAYOUTS = ("per_hypothesis", "streams")
+"""The two layouts of BLEU references: ``references[i][k]`` (ours) and ``references[k][i]`` (sacrebleu's)."""
+
+_STREAMS_HINT = (
+    " (for sacrebleu's layout, where references[k][i] is the k-th reference of hypothesis i, "
+    "pass ref_layout='streams')"
+)
+
+
+def _check_streams(references: object, n: int) -> list[list[str]]:
+    """sacrebleu's layout: ``references[k]`` is a list of ``n`` strings, the k-th reference of every hypothesis."""
+    if not _is_collection(references):
+        raise TypeError(
+            "with ref_layout='streams', references must be a list of reference streams (lists of strings), "
+            f"got {type(references).__name__}"
+        )
+    streams = list(references)
+    if not streams:
+        raise ValueError("references is empty: pass at least one reference stream")
+    checked = []
+    for k, stream in enumerate(streams):
+        if isinstance(stream, str) or not _is_collection(stream):
+            raise TypeError(
+                f"with ref_layout='streams', references[{k}] must be a list of strings (the k-th reference of "
+                f"every hypothesis), got {type(stream).__name__}"
+            )
+        stream = list(stream)
+        if len(stream) != n:
+            raise ValueError(
+                f"references[{k}] has {len(stream)} references but there are {n} hypotheses: with "
+                "ref_layout='streams', references[k][i] is the k-th reference of hypothesis i (for our layout, "
+                "references[i] = the references of hypothesis i, leave out ref_layout)"
+            )
+        for i, ref in enumerate(stream):
+            if not isinstance(ref, str):
+                raise TypeError(f"references[{k}][{i}] must be a str, got {type(ref).__name__}")
+        checked.append(stream)
+    return checked
+
+
+def _bleu_references(references: object, n: int, ref_layout: str | None) -> list[list[str]]:
+    """The references in our layout (``[i][k]``), read according to ``ref_layout``.
+
+    ``None`` means ours, but a square table (``n`` hypotheses with ``n`` references each) reads
+    differently in the two layouts unless it is symmetric, so then the caller must say which it is.
+    """
+    if ref_layout is not None and ref_layout not in REF_LAYOUTS:
+        raise ValueError(f"ref_layout must be 'per_hypothesis', 'streams' or None, got {ref_layout!r}")
+    if ref_layout == "streams":
+        return [list(refs) for refs in zip(*_check_streams(references, n))]
+    checked = _check_references(references, n, same_count=True, layout_hint=_STREAMS_HINT)
+    if ref_layout is None and n > 1 and len(checked[0]) == n:
+        transposed = [list(refs) for refs in zip(*checked)]
+        if transposed != checked:
+            raise ValueError(
+                f"references is a square {n} x {n} table, which reads differently in the two layouts: pass "
+                "ref_layout='per_hypothesis' if references[i] holds the references of hypothesis i (llmbook's "
+                "layout), or ref_layout='streams' if references[k] holds the k-th reference of every "
+                "hypothesis (sacrebleu's layout)"
+            )
+    return checked
 
 
 def ngram_counts(tokens: Sequence[str], max_order: int = 4) -> Counter:
@@ -203,8 +385,10 @@ def bleu_statistics(
     hypotheses: Sequence[str],
     references: Sequence[Sequence[str]],
     *,
-    tokenizer: Callable[[str], list[str]] = tokenize_13a,
+    tokenize: str | None = None,
+    tokenizer: Callable[[str], list[str]] | None = None,
     max_order: int = 4,
+    ref_layout: str | None = None,
 ) -> np.ndarray:
     """Per-sentence sufficient statistics of BLEU, shape ``(n_sentences, 2 + 2 * max_order)``.
 
@@ -213,21 +397,22 @@ def bleu_statistics(
     (each hypothesis n-gram counts at most as often as it appears in any *one* reference) and the
     number of hypothesis n-grams. Corpus BLEU sums the rows first (:func:`bleu_from_statistics`),
     which is why bootstrap resampling of BLEU resamples rows of this table.
+
+    ``tokenize`` names one of sacrebleu's tokenizers (``"13a"``, the default, ``"zh"``, ``"char"``,
+    ``"none"``: see :func:`bleu`); ``tokenizer`` is your own function from a string to tokens
+    instead (pass one or the other). ``ref_layout`` is as in :func:`bleu`.
     """
     hypotheses = _check_texts(hypotheses, "hypotheses")
-    references = _check_references(
-        references,
-        len(hypotheses),
-        same_count=True,
-        layout_hint=" (sacrebleu's layout is transposed: convert with [list(r) for r in zip(*streams)])",
-    )
+    split = _resolve_bleu_tokenizer(tokenize, tokenizer)
+    max_order = require_int("max_order", max_order, minimum=1)
+    references = _bleu_references(references, len(hypotheses), ref_layout)
     rows = np.zeros((len(hypotheses), 2 + 2 * max_order), dtype=np.int64)
     for i, (hyp, refs) in enumerate(zip(hypotheses, references)):
-        hyp_tokens = tokenizer(hyp)
+        hyp_tokens = split(hyp)
         ref_max: Counter = Counter()
         ref_lens = []
         for ref in refs:
-            ref_tokens = tokenizer(ref)
+            ref_tokens = split(ref)
             ref_lens.append(len(ref_tokens))
             for gram, count in ngram_counts(ref_tokens, max_order).items():
                 ref_max[gram] = max(ref_max[gram], count)
@@ -291,29 +476,51 @@ def bleu_details(
     hypotheses: Sequence[str],
     references: Sequence[Sequence[str]],
     *,
-    tokenizer: Callable[[str], list[str]] = tokenize_13a,
+    tokenize: str | None = None,
+    tokenizer: Callable[[str], list[str]] | None = None,
     max_order: int = 4,
     smooth: str = "exp",
+    ref_layout: str | None = None,
 ) -> BleuResult:
     """Corpus BLEU with all its parts (:class:`BleuResult`); the defaults are sacrebleu's.
 
-    ``tokenizer`` maps a string to tokens (e.g. ``str.split`` to skip tokenisation, or a lambda
-    that lower-cases first); see :func:`bleu` for the layout of ``references``.
+    ``tokenize`` names one of sacrebleu's tokenizers (see :func:`bleu`); ``tokenizer`` is your own
+    function from a string to tokens instead (e.g. ``str.split``, or a lambda that lower-cases
+    first); pass one or the other. See :func:`bleu` for ``references`` and ``ref_layout``.
     """
-    stats = bleu_statistics(hypotheses, references, tokenizer=tokenizer, max_order=max_order)
+    stats = bleu_statistics(
+        hypotheses, references, tokenize=tokenize, tokenizer=tokenizer, max_order=max_order, ref_layout=ref_layout
+    )
     return bleu_from_statistics(stats, smooth=smooth)
 
 
-def bleu(hypotheses: list[str], references: list[list[str]]) -> float:
-    """Corpus BLEU on sacrebleu's 0-100 scale, equal to sacrebleu's default ``corpus_bleu``.
+def bleu(
+    hypotheses: list[str],
+    references: list[list[str]],
+    *,
+    tokenize: str = "13a",
+    ref_layout: str | None = None,
+) -> float:
+    """Corpus BLEU on sacrebleu's 0-100 scale, equal to ``sacrebleu.corpus_bleu(..., tokenize=tokenize)``.
 
     ``references[i]`` holds the reference translations of ``hypotheses[i]``; every example must
     have the same number of references (repeat one to pad: a duplicate changes nothing).
-    Tokenisation ``13a``, case-sensitive, n-grams up to 4, exponential smoothing, brevity penalty
-    against the closest reference length. Note the layout: ``sacrebleu.corpus_bleu(hyps, streams)``
-    takes ``streams[k][i]``, the transpose of ``references``.
+    Case-sensitive, n-grams up to 4, exponential smoothing, brevity penalty against the closest
+    reference length.
+
+    ``tokenize`` is sacrebleu's tokenizer name: ``"13a"`` (default; for English, French...),
+    ``"zh"`` (Chinese: every Chinese character is a token, other text is split as by ``13a``),
+    ``"char"`` (every non-space character is a token, for any unsegmented script) or ``"none"``
+    (split on spaces only, for text that is already tokenised). With ``13a`` a Chinese sentence
+    is a single "word", so Chinese output needs ``"zh"``.
+
+    ``ref_layout`` says how ``references`` is laid out: ``"per_hypothesis"`` (``references[i][k]``,
+    the k-th reference of hypothesis i; llmbook's layout) or ``"streams"`` (``references[k][i]``,
+    sacrebleu's: ``bleu(hyps, streams, ref_layout="streams") == sacrebleu.corpus_bleu(hyps, streams)``).
+    The default ``None`` reads llmbook's layout, and refuses a square table (as many references
+    per hypothesis as hypotheses) that would read differently the other way, asking for the keyword.
     """
-    return bleu_details(hypotheses, references).score
+    return bleu_details(hypotheses, references, tokenize=tokenize, ref_layout=ref_layout).score
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,10 +532,55 @@ _NON_ALPHANUMERIC = re.compile(r"[^a-z0-9]+")
 
 def rouge_tokenize(text: str) -> list[str]:
     """rouge-score's tokenisation: lower-case, every run of characters other than ``a-z0-9``
-    becomes a space, split. Non-ASCII letters are therefore dropped (``"café"`` -> ``["caf"]``)."""
+    becomes a space, split. Non-ASCII letters are therefore dropped (``"café"`` -> ``["caf"]``),
+    and so is all Chinese, Japanese and Korean text: ``"我爱北京"`` -> ``[]``. Use
+    :func:`rouge_tokenize_cjk` (``rouge(..., tokenize="cjk")``) for those languages."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     return _NON_ALPHANUMERIC.sub(" ", text.lower()).split()
+
+
+# Characters of the CJK scripts, which are written without spaces between words: Han ideographs
+# (with their radicals, iteration marks and numerals), Japanese kana and Korean Hangul.
+_CJK_RANGES = (
+    (0x1100, 0x11FF),  # Hangul Jamo
+    (0x2E80, 0x2FDF),  # CJK radicals, Kangxi radicals
+    (0x3005, 0x3007),  # 々 〆 〇
+    (0x3021, 0x3029),  # Hangzhou numerals
+    (0x3038, 0x303B),
+    (0x3040, 0x30FF),  # Hiragana, Katakana
+    (0x3130, 0x318F),  # Hangul compatibility Jamo
+    (0x31F0, 0x31FF),  # Katakana phonetic extensions
+    (0x3400, 0x4DBF),  # CJK Unified Ideographs Extension A
+    (0x4E00, 0x9FFF),  # CJK Unified Ideographs
+    (0xAC00, 0xD7AF),  # Hangul syllables
+    (0xF900, 0xFAFF),  # CJK Compatibility Ideographs
+    (0xFF66, 0xFF9F),  # half-width Katakana
+    (0x20000, 0x2FA1F),  # Extensions B to F, Compatibility Supplement
+    (0x30000, 0x323AF),  # Extensions G and H
+)
+_CJK_CLASS = "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in _CJK_RANGES)
+_CJK_CHARACTER = re.compile(f"[{_CJK_CLASS}]")
+_ROUGE_CJK_TOKEN = re.compile(f"[a-z0-9]+|[{_CJK_CLASS}]")
+
+
+def rouge_tokenize_cjk(text: str) -> list[str]:
+    """:func:`rouge_tokenize`, plus every Chinese, Japanese or Korean character as a token of its own.
+
+    Lower-case; tokens are the runs of ``a-z0-9`` (exactly rouge-score's tokens, so text without
+    CJK characters tokenises as with the default) and each Han ideograph, kana or Hangul syllable;
+    everything else is dropped, as by rouge-score: punctuation (Chinese punctuation such as 。and ，
+    included), accented letters and full-width letters and digits (``１２``). Scoring CJK text
+    character by character is the usual practice for Chinese ROUGE, where words are not
+    separated by spaces. Korean is split into syllables too, although it separates its words.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return _ROUGE_CJK_TOKEN.findall(text.lower())
+
+
+ROUGE_TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"default": rouge_tokenize, "cjk": rouge_tokenize_cjk}
+"""The tokenizers ``rouge(..., tokenize=NAME)`` accepts."""
 
 
 def _f_measure(precision: float, recall: float) -> float:
@@ -376,19 +628,37 @@ def rouge_l_scores(prediction: Sequence[str], reference: Sequence[str]) -> tuple
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
-def rouge_per_example(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+def rouge_per_example(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], *, tokenize: str = "default"
+) -> dict[str, np.ndarray]:
     """The F-measure of each example for ``rouge1``, ``rouge2`` and ``rougeL`` (arrays of length n).
 
     With several references an example scores the best of them, separately for each ROUGE type
     (as ``RougeScorer.score_multi`` does). Use these arrays for bootstrap intervals and tests.
+    ``tokenize`` is as in :func:`rouge`.
     """
+    return _rouge_per_example(predictions, references, tokenize)
+
+
+def _rouge_per_example(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], tokenize: str
+) -> dict[str, np.ndarray]:
+    """:func:`rouge_per_example`; called by the two public functions only (its warning points at their caller)."""
+    if not isinstance(tokenize, str) or tokenize not in ROUGE_TOKENIZERS:
+        raise ValueError(
+            f"tokenize must be 'default' (rouge-score's tokenizer) or 'cjk' (Chinese, Japanese and Korean "
+            f"characters one by one), got {tokenize!r}"
+        )
     predictions = _check_texts(predictions, "predictions")
     references = _check_references(references, len(predictions), same_count=False)
+    if tokenize == "default":
+        _warn_if_cjk_is_dropped(predictions, references)
+    split = ROUGE_TOKENIZERS[tokenize]
     scores = {key: np.zeros(len(predictions)) for key in ROUGE_TYPES}
     for i, (pred, refs) in enumerate(zip(predictions, references)):
-        pred_tokens = rouge_tokenize(pred)
+        pred_tokens = split(pred)
         for ref in refs:
-            ref_tokens = rouge_tokenize(ref)
+            ref_tokens = split(ref)
             candidates = {
                 "rouge1": rouge_n_scores(pred_tokens, ref_tokens, 1)[2],
                 "rouge2": rouge_n_scores(pred_tokens, ref_tokens, 2)[2],
@@ -399,16 +669,36 @@ def rouge_per_example(predictions: Sequence[str], references: Sequence[Sequence[
     return scores
 
 
-def rouge(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+def _warn_if_cjk_is_dropped(predictions: list[str], references: list[list[str]]) -> None:
+    texts = [*predictions, *(ref for refs in references for ref in refs)]
+    if any(_CJK_CHARACTER.search(text) for text in texts):
+        warnings.warn(
+            "the texts contain Chinese, Japanese or Korean characters, which rouge-score's default tokenizer "
+            "drops (they score nothing): pass tokenize='cjk' to score them character by character",
+            UserWarning,
+            stacklevel=4,  # the caller of rouge() or rouge_per_example()
+        )
+
+
+def rouge(
+    predictions: list[str], references: list[list[str]], *, tokenize: str = "default"
+) -> dict[str, float]:
     """Mean ROUGE-1, ROUGE-2 and ROUGE-L F-measure (0-1) over examples, keys ``"rouge1"``,
     ``"rouge2"``, ``"rougeL"``.
 
     ``references[i]`` holds the references of ``predictions[i]`` (one or more; counts may differ);
-    an example with several scores the best of them. Tokenisation as in Google's ``rouge-score``
-    (lower-case, non-alphanumerics removed, no stemming), so the result equals
-    ``RougeScorer(["rouge1", "rouge2", "rougeL"]).score_multi`` averaged over examples.
+    an example with several scores the best of them. With ``tokenize="default"`` tokenisation is
+    Google's ``rouge-score``'s (lower-case, non-alphanumerics removed, no stemming), so the result
+    equals ``RougeScorer(["rouge1", "rouge2", "rougeL"]).score_multi`` averaged over examples.
+
+    That tokenizer keeps only ``a-z0-9`` and so **drops every Chinese, Japanese and Korean
+    character**: a Chinese summary scores 0 against any reference (a warning says so). Pass
+    ``tokenize="cjk"`` to make each such character a token (:func:`rouge_tokenize_cjk`); the result
+    then equals rouge-score given that tokenizer (``RougeScorer(..., tokenizer=obj)`` with an
+    ``obj.tokenize`` that calls it).
     """
-    return {key: float(values.mean()) for key, values in rouge_per_example(predictions, references).items()}
+    scores = _rouge_per_example(predictions, references, tokenize)
+    return {key: float(values.mean()) for key, values in scores.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -456,26 +746,39 @@ def _as_nll_array(nll: object) -> np.ndarray:
     return values
 
 
+def _mean_nll(nll: object, num_units: int | None) -> float:
+    """Total negative log-likelihood divided by ``num_units`` (default: the number of tokens)."""
+    values = _as_nll_array(nll)
+    if num_units is None:
+        num_units = values.size
+    if isinstance(num_units, bool) or not isinstance(num_units, (int, np.integer)) or num_units <= 0:
+        raise ValueError(f"num_units must be a positive int, got {num_units!r}")
+    with np.errstate(over="ignore"):  # a sum beyond the float range is infinite, as it should be
+        return float(values.sum()) / int(num_units)
+
+
 def perplexity(nll: object, *, num_units: int | None = None) -> float:
     """Perplexity ``exp(sum(nll) / num_units)`` from per-token negative log-likelihoods in nats.
 
     ``num_units`` defaults to the number of tokens, giving per-token perplexity. Pass the number of
     characters (or words, or bytes) of the scored text to get perplexity per character (word, byte):
     the same total log-likelihood spread over a unit that does not depend on the tokenizer, which is
-    what makes models with different tokenizers comparable.
+    what makes models with different tokenizers comparable. A mean NLL above about 709 nats gives
+    a perplexity beyond the largest float, returned as ``inf`` (report :func:`bits_per_character`
+    or the mean NLL itself for such a model).
     """
-    values = _as_nll_array(nll)
-    if num_units is None:
-        num_units = values.size
-    if isinstance(num_units, bool) or not isinstance(num_units, (int, np.integer)) or num_units <= 0:
-        raise ValueError(f"num_units must be a positive int, got {num_units!r}")
-    return float(math.exp(values.sum() / num_units))
+    mean = _mean_nll(nll, num_units)
+    try:
+        return math.exp(mean)
+    except OverflowError:  # exp(mean) exceeds the largest float: the perplexity is infinite in floating point
+        return math.inf
 
 
 def bits_per_character(nll: object, num_chars: int) -> float:
     """Total negative log-likelihood in bits divided by the number of characters: ``log2`` of the
-    per-character perplexity."""
-    return math.log2(perplexity(nll, num_units=num_chars))
+    per-character perplexity (computed from the NLL directly, so it stays finite when the
+    perplexity itself overflows)."""
+    return _mean_nll(nll, num_chars) / math.log(2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -483,66 +786,139 @@ def bits_per_character(nll: object, num_chars: int) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_labels(y_true: object, y_pred: object, num_classes: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if y_true.ndim != 1 or y_pred.ndim != 1:
-        raise ValueError(f"y_true and y_pred must be 1-D, got shapes {y_true.shape} and {y_pred.shape}")
+def _class_ids(values: object, name: str) -> np.ndarray:
+    """``values`` as a 1-D int64 array of non-negative class ids, or one clear error."""
+    ids = np.asarray(values)
+    if ids.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {ids.shape}")
+    if ids.size == 0:
+        return ids.astype(np.int64)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer class ids, got dtype {ids.dtype}")
+    if int(ids.min()) < 0:
+        raise ValueError(
+            f"{name} holds a negative class id ({int(ids.min())}): class ids must be >= 0 "
+            "(drop ignored positions, such as the -100 of padding, before scoring)"
+        )
+    if int(ids.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} holds a class id beyond the int64 range ({int(ids.max())})")
+    return ids.astype(np.int64)
+
+
+def _check_labels(
+    y_true: object, y_pred: object, num_classes: int | None, labels: object | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked ``y_true``, ``y_pred`` and the classes to score, in their order.
+
+    The classes are ``labels`` if given, else ``0 .. num_classes - 1`` if given, else the sorted
+    ids present in ``y_true`` or ``y_pred`` (what sklearn does): never ``0 .. max id``, which would
+    invent classes (and, for a huge id, a huge array).
+    """
+    y_true, y_pred = _class_ids(y_true, "y_true"), _class_ids(y_pred, "y_pred")
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true has {y_true.size} labels but y_pred has {y_pred.size}")
     if y_true.size == 0:
         raise ValueError("y_true and y_pred are empty: there is nothing to score")
-    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
-        if not np.issubdtype(y.dtype, np.integer):
-            raise TypeError(f"{name} must hold integer class ids 0..C-1, got dtype {y.dtype}")
-        if int(y.min()) < 0:
-            raise ValueError(f"{name} holds a negative class id ({int(y.min())})")
-    seen = int(max(y_true.max(), y_pred.max())) + 1
-    if num_classes is None:
-        num_classes = seen
-    elif seen > num_classes:
-        raise ValueError(f"a class id {seen - 1} is out of range for num_classes={num_classes}")
-    return y_true.astype(np.int64), y_pred.astype(np.int64), int(num_classes)
+    if labels is not None and num_classes is not None:
+        raise ValueError("pass labels= (the class ids to score) or num_classes= (classes 0..n-1), not both")
+    if num_classes is not None:
+        num_classes = require_int("num_classes", num_classes, minimum=1)
+        largest = int(max(y_true.max(), y_pred.max()))
+        if largest >= num_classes:
+            raise ValueError(
+                f"a class id {largest} is out of range for num_classes={num_classes} "
+                f"(ids must be 0..{num_classes - 1})"
+            )
+        return y_true, y_pred, np.arange(num_classes, dtype=np.int64)
+    if labels is not None:
+        classes = _class_ids(labels, "labels")
+        if classes.size == 0:
+            raise ValueError("labels is empty: list at least one class id to score")
+        unique, counts = np.unique(classes, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"labels lists class {int(unique[counts > 1][0])} more than once")
+        return y_true, y_pred, classes
+    return y_true, y_pred, np.unique(np.concatenate([y_true, y_pred]))
 
 
-def confusion_matrix(y_true: object, y_pred: object, *, num_classes: int | None = None) -> np.ndarray:
+def _positions(ids: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The index in ``classes`` of each id, or -1 for an id that is not one of the classes."""
+    order = np.argsort(classes, kind="stable")
+    sorted_classes = classes[order]
+    index = np.minimum(np.searchsorted(sorted_classes, ids), len(classes) - 1)
+    return np.where(sorted_classes[index] == ids, order[index], -1)
+
+
+def confusion_matrix(
+    y_true: object, y_pred: object, *, num_classes: int | None = None, labels: Sequence[int] | None = None
+) -> np.ndarray:
     """``C[i, j]`` = number of examples of true class ``i`` predicted as class ``j`` (int array, C x C).
 
-    Classes are ``0 .. num_classes - 1`` (default: the largest id seen, plus one).
+    Row and column ``k`` stand for the k-th class of: ``labels`` if given (in that order; a subset
+    leaves out the examples whose true or predicted class is not in it, as in sklearn), else
+    ``0 .. num_classes - 1`` if given, else the sorted class ids that occur in ``y_true`` or
+    ``y_pred``. Equals ``sklearn.metrics.confusion_matrix`` with the same ``labels``.
     """
-    y_true, y_pred, c = _check_labels(y_true, y_pred, num_classes)
-    return np.bincount(y_true * c + y_pred, minlength=c * c).reshape(c, c)
+    y_true, y_pred, classes = _check_labels(y_true, y_pred, num_classes, labels)
+    c = len(classes)
+    rows, columns = _positions(y_true, classes), _positions(y_pred, classes)
+    keep = (rows >= 0) & (columns >= 0)
+    return np.bincount(rows[keep] * c + columns[keep], minlength=c * c).reshape(c, c)
 
 
 def precision_recall_f1(
-    y_true: object, y_pred: object, *, average: str | None = "macro", num_classes: int | None = None
+    y_true: object,
+    y_pred: object,
+    *,
+    average: str | None = "macro",
+    num_classes: int | None = None,
+    labels: Sequence[int] | None = None,
 ) -> tuple[object, object, object]:
-    """Precision, recall and F1 from the confusion matrix, averaged ``"macro"``, ``"micro"``,
-    ``"weighted"`` or not at all (``None``: one array per class).
+    """Precision, recall and F1, averaged ``"macro"``, ``"micro"``, ``"weighted"`` or not at all
+    (``None``: one array per class), equal to ``sklearn.metrics.precision_recall_fscore_support``.
 
-    Per class ``k``: precision = TP / (TP + FP), recall = TP / (TP + FN), F1 their harmonic mean;
-    an undefined ratio (0/0) counts as 0, like ``sklearn``'s ``zero_division=0``. *Macro* averages
-    the per-class values (every class counts the same), *weighted* weights them by the class's
-    number of true examples, *micro* pools the counts of all classes first (for single-label data
-    all three micro values equal accuracy).
+    Per class ``k``: precision = TP / (TP + FP), recall = TP / (TP + FN), F1 their harmonic mean.
+    *Macro* averages the per-class values (every class counts the same), *weighted* weights them
+    by the class's number of true examples, *micro* pools the counts of all classes first (for
+    single-label data with every class scored, all three micro values equal accuracy).
+
+    Which classes count matters for the macro average. By default they are the classes that
+    occur in ``y_true`` or ``y_pred`` (sorted; the per-class arrays follow that order), as in
+    sklearn: a class that appears in neither is not a class of this data. ``num_classes=n``
+    scores classes ``0 .. n - 1`` and ``labels=[...]`` exactly the classes listed, in that order
+    (a subset is allowed, as in sklearn; a class listed twice is refused), whether or not they
+    occur. A class that never occurs has TP = FP = FN = 0, so its precision, recall and F1 are
+    0/0; they count as 0 (and pull the macro average down), as with sklearn's ``zero_division=0``
+    and its default ``"warn"``. The same 0 stands for any other 0/0, e.g. the precision of a class
+    that is never predicted.
     """
     if average not in ("macro", "micro", "weighted", None):
         raise ValueError(f"average must be 'macro', 'micro', 'weighted' or None, got {average!r}")
-    matrix = confusion_matrix(y_true, y_pred, num_classes=num_classes).astype(float)
-    tp = np.diag(matrix)
-    predicted = matrix.sum(axis=0)  # TP + FP
-    actual = matrix.sum(axis=1)  # TP + FN (the class's support)
+    y_true, y_pred, classes = _check_labels(y_true, y_pred, num_classes, labels)
+    c = len(classes)
+    rows, columns = _positions(y_true, classes), _positions(y_pred, classes)
+    hit = (rows >= 0) & (rows == columns)
+    tp = np.bincount(rows[hit], minlength=c).astype(float)
+    predicted = np.bincount(columns[columns >= 0], minlength=c).astype(float)  # TP + FP
+    actual = np.bincount(rows[rows >= 0], minlength=c).astype(float)  # TP + FN (the class's support)
 
     def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
 
     if average == "micro":
-        p = r = float(tp.sum() / matrix.sum())
+        p = float(tp.sum() / predicted.sum()) if predicted.sum() > 0 else 0.0
+        r = float(tp.sum() / actual.sum()) if actual.sum() > 0 else 0.0
         return p, r, _f_measure(p, r)
     precision, recall = ratio(tp, predicted), ratio(tp, actual)
     f1 = ratio(2 * precision * recall, precision + recall)
     if average is None:
         return precision, recall, f1
-    weights = actual / actual.sum() if average == "weighted" else np.full(len(tp), 1 / len(tp))
+    if average == "weighted":
+        if actual.sum() == 0:  # none of the classes occurs in y_true: sklearn's zero_division=0 gives 0
+            return 0.0, 0.0, 0.0
+        weights = actual / actual.sum()
+    else:
+        weights = np.full(c, 1 / c)
     return float(precision @ weights), float(recall @ weights), float(f1 @ weights)
 
 
@@ -635,9 +1011,16 @@ def _as_columns(data: object, what: str) -> tuple[tuple[np.ndarray, ...], bool]:
     )
     if not arrays:
         raise ValueError(f"{what} is an empty tuple")
-    for a in arrays:
+    for k, a in enumerate(arrays):
         if a.ndim == 0:
             raise ValueError(f"{what} must have a first axis of examples to resample, got a scalar")
+        # A NaN score makes the statistic of every resample that draws it NaN, and the interval and
+        # p-value meaningless: NaN compares false, which would give the smallest p-value, 1 / (n + 1).
+        require_finite(
+            f"{what}[{k}]" if is_tuple else what,
+            a,
+            "Drop or re-score the examples whose score is NaN or infinite before bootstrapping.",
+        )
     sizes = {len(a) for a in arrays}
     if len(sizes) > 1:
         raise ValueError(f"the arrays in {what} must have the same length, got lengths {sorted(sizes)}")
@@ -653,6 +1036,19 @@ def _check_bootstrap_args(n_resamples: int, confidence: float) -> None:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
 
 
+def _full_statistic(arrays: tuple[np.ndarray, ...], statistic: Callable | None, what: str) -> float:
+    """``statistic`` (default: the mean) on the full data; it must be a finite number."""
+    if statistic is None:
+        if len(arrays) != 1:
+            raise ValueError("with several arrays, pass a statistic that takes them all, e.g. lambda t, p: ...")
+        value = float(arrays[0].mean())
+    else:
+        value = float(statistic(*arrays))
+    if not math.isfinite(value):
+        raise ValueError(f"the statistic of {what} is {value}: a bootstrap needs a statistic with a finite value")
+    return value
+
+
 def _resampled_statistics(
     arrays: tuple[np.ndarray, ...], statistic: Callable | None, indices: np.ndarray
 ) -> np.ndarray:
@@ -660,8 +1056,16 @@ def _resampled_statistics(
     if statistic is None:
         if len(arrays) != 1:
             raise ValueError("with several arrays, pass a statistic that takes them all, e.g. lambda t, p: ...")
-        return arrays[0][indices].mean(axis=tuple(range(1, arrays[0].ndim + 1)))
-    return np.array([float(statistic(*(a[row] for a in arrays))) for row in indices])
+        values = arrays[0][indices].mean(axis=tuple(range(1, arrays[0].ndim + 1)))
+    else:
+        values = np.array([float(statistic(*(a[row] for a in arrays))) for row in indices])
+    bad = int(np.sum(~np.isfinite(values)))
+    if bad:
+        raise ValueError(
+            f"the statistic is NaN or infinite on {bad} of {len(values)} resamples (e.g. a ratio whose "
+            "denominator is 0 in some resample): make it return a finite value for every resample"
+        )
+    return values
 
 
 def bootstrap_ci(
@@ -678,16 +1082,13 @@ def bootstrap_ci(
     BLEU statistics), or a tuple of such arrays resampled *together* (e.g. ``(y_true, y_pred)``);
     ``statistic`` receives the resampled array(s) and returns a float (default: the mean). Draws
     ``n_resamples`` samples of the examples with replacement and returns the
-    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the statistic.
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the statistic. Data with NaN
+    or infinite values, and a statistic that is not finite on the data or on some resample, are
+    refused with a ``ValueError``.
     """
     _check_bootstrap_args(n_resamples, confidence)
     arrays, _ = _as_columns(data, "data")
-    if statistic is None:
-        if len(arrays) != 1:
-            raise ValueError("with several arrays, pass a statistic that takes them all, e.g. lambda t, p: ...")
-        estimate = float(arrays[0].mean())
-    else:
-        estimate = float(statistic(*arrays))
+    estimate = _full_statistic(arrays, statistic, "data")
     rng = np.random.default_rng(seed)
     n = len(arrays[0])
     values = _resampled_statistics(arrays, statistic, rng.integers(0, n, size=(n_resamples, n)))
@@ -714,6 +1115,8 @@ def paired_bootstrap(
     difference, its percentile interval, the fraction of resamples in which A beats B, and a
     two-sided p-value: the share of resampled differences, centred on their mean (the bootstrap's
     picture of the null), at least as far from 0 as the observed one, ``(count + 1) / (n + 1)``.
+    NaN or infinite data, or a statistic that is not finite, raise ``ValueError`` (as in
+    :func:`bootstrap_ci`).
     """
     _check_bootstrap_args(n_resamples, confidence)
     arrays_a, _ = _as_columns(data_a, "data_a")
@@ -723,15 +1126,7 @@ def paired_bootstrap(
             f"data_a has {len(arrays_a[0])} examples but data_b has {len(arrays_b[0])}: a paired test "
             "needs both systems scored on the same examples"
         )
-
-    def full(arrays: tuple[np.ndarray, ...]) -> float:
-        if statistic is None:
-            if len(arrays) != 1:
-                raise ValueError("with several arrays, pass a statistic that takes them all")
-            return float(arrays[0].mean())
-        return float(statistic(*arrays))
-
-    delta = full(arrays_a) - full(arrays_b)
+    delta = _full_statistic(arrays_a, statistic, "data_a") - _full_statistic(arrays_b, statistic, "data_b")
     rng = np.random.default_rng(seed)
     n = len(arrays_a[0])
     indices = rng.integers(0, n, size=(n_resamples, n))

@@ -32,6 +32,8 @@ from typing import Iterator, TypeVar
 import numpy as np
 import torch
 
+from llmbook.checks import require_int
+
 SCALES: tuple[str, ...] = ("smoke", "cpu", "gpu")
 SCALE_ENV_VAR = "LLMBOOK_SCALE"
 RUN_DIR_ENV_VAR = "LLMBOOK_RUN_DIR"
@@ -64,24 +66,60 @@ def by_scale(*, smoke: T, cpu: T, gpu: T) -> T:
     return {"smoke": smoke, "cpu": cpu, "gpu": gpu}[get_scale()]
 
 
-def get_device(prefer: str | None = None) -> torch.device:
+_DEVICE_KINDS = ("cpu", "cuda", "mps")
+
+
+def _parse_device(device: torch.device | str, argument: str, *, book_kinds_only: bool = True) -> torch.device:
+    """``device`` as a ``torch.device``: a ``torch.device`` or a name such as ``"cuda"``, ``" CUDA:1 "``.
+
+    Names are case-insensitive and may carry spaces (as ``LLMBOOK_SCALE`` may). With
+    ``book_kinds_only`` only the kinds the book supports (cpu, cuda, mps) are accepted, with an
+    optional index; otherwise any device type PyTorch knows is.
+    """
+    if isinstance(device, torch.device):
+        parsed = device
+    elif isinstance(device, str):
+        try:
+            parsed = torch.device(device.strip().lower())
+        except RuntimeError:  # torch's own message lists 20 backends the book never uses
+            parsed = None
+        if parsed is None:
+            raise ValueError(
+                f"Unknown device {device!r}: use 'cpu', 'cuda' or 'mps' (optionally with an index, e.g. 'cuda:1')."
+            )
+    else:
+        raise TypeError(
+            f"{argument} must be a device name such as 'cpu' or 'cuda', or a torch.device, "
+            f"got {device!r} ({type(device).__name__})."
+        )
+    if book_kinds_only and parsed.type not in _DEVICE_KINDS:
+        raise ValueError(f"Unknown device {device!r}: use 'cpu', 'cuda' or 'mps' (optionally with an index, e.g. 'cuda:1').")
+    return parsed
+
+
+def get_device(prefer: torch.device | str | None = None) -> torch.device:
     """Return the best available device: CUDA, then Apple's MPS, then the CPU.
 
-    ``prefer`` forces one (``"cpu"``, ``"cuda"``, ``"mps"``); asking for one that is not
-    available raises ``RuntimeError`` instead of failing later inside a kernel.
+    ``prefer`` forces one: a name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; case and
+    surrounding spaces ignored, like ``LLMBOOK_SCALE``) or a ``torch.device``. Asking for one that
+    is not available, or for a GPU index this machine does not have, raises ``RuntimeError``
+    instead of failing later inside a kernel; an unknown name raises ``ValueError``.
     """
     if prefer is not None:
-        kind = torch.device(prefer).type
+        device = _parse_device(prefer, "prefer")
         available = {
             "cpu": True,
             "cuda": torch.cuda.is_available(),
             "mps": _mps_available(),
         }
-        if kind not in available:
-            raise ValueError(f"Unknown device {prefer!r}: use 'cpu', 'cuda' or 'mps'.")
-        if not available[kind]:
+        if not available[device.type]:
             raise RuntimeError(f"Device {prefer!r} was requested but is not available on this machine.")
-        return torch.device(prefer)
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"Device {prefer!r} was requested but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s), numbered from 0."
+            )
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if _mps_available():
@@ -94,14 +132,19 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+SEED_MAX = 2**64 - 1
+"""The largest seed :func:`seed_everything` accepts: the most ``torch.manual_seed`` can take."""
+
+
 def seed_everything(seed: int = 0) -> int:
     """Seed Python's ``random``, NumPy and PyTorch (all devices) so that a run can be repeated.
 
-    Returns the seed so a notebook can print what it used. GPU kernels may still be
-    nondeterministic; the book says so where it matters.
+    ``seed`` is an integer from 0 to :data:`SEED_MAX` (``2**64 - 1``, PyTorch's limit). NumPy's
+    global generator takes at most ``2**32 - 1``, so it receives ``seed % 2**32``. Returns the seed
+    so a notebook can print what it used. GPU kernels may still be nondeterministic; the book says
+    so where it matters.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = require_int("seed", seed, minimum=0, maximum=SEED_MAX)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -113,8 +156,9 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
 
     bf16 on CUDA GPUs that support it (Ampere and newer), fp16 on older CUDA GPUs, and none on
     CPU or MPS, where mixed precision is either slow or not worth the numerical risk for the book.
+    ``device`` is a ``torch.device`` or a name, read as :func:`get_device` reads it.
     """
-    device = torch.device(device)
+    device = _parse_device(device, "device", book_kinds_only=False)
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -127,7 +171,7 @@ def autocast(device: torch.device | str) -> Iterator[None]:
     fp16 (unlike bf16) also needs a gradient scaler during training; the training chapter uses
     ``torch.amp.GradScaler`` for that case.
     """
-    device = torch.device(device)
+    device = _parse_device(device, "device", book_kinds_only=False)
     dtype = autocast_dtype(device)
     if dtype is None:
         yield
@@ -142,11 +186,20 @@ def run_dir(name: str) -> Path:
     ``runs/`` is relative to the working directory (the notebook's folder) and git-ignored;
     ``LLMBOOK_RUN_DIR`` moves it elsewhere. Artefacts never go into the tracked tree.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"run_dir name must be a str such as 'finetune', got {name!r} ({type(name).__name__})")
     if not name or Path(name).name != name or name in {".", ".."}:
         raise ValueError(f"run_dir name must be a plain folder name, got {name!r}")
     base = Path(os.environ.get(RUN_DIR_ENV_VAR) or "runs")
     path = base / name
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        # mkdir's own message names only the path, not why a folder cannot be there
+        raise NotADirectoryError(
+            f"Cannot create the run folder {path}: a file is in the way. Remove it, or set "
+            f"{RUN_DIR_ENV_VAR} to a folder."
+        ) from None
     return path
 
 
@@ -189,5 +242,7 @@ def environment_report() -> dict[str, str]:
 def format_report(report: dict[str, str] | None = None) -> str:
     """The environment report as aligned ``key : value`` lines, for printing."""
     report = environment_report() if report is None else report
-    width = max(len(k) for k in report)
+    if not isinstance(report, dict) or not report:
+        raise ValueError(f"report must be a non-empty dict such as environment_report() returns, got {report!r}")
+    width = max(len(str(k)) for k in report)
     return "\n".join(f"{k:<{width}} : {v}" for k, v in report.items())

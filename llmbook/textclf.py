@@ -13,12 +13,15 @@ only to its own longest example (*dynamic padding*, 动态填充) — the same r
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from llmbook.checks import require_bool, require_int
 from llmbook.embed import mean_pool
 
 __all__ = [
@@ -197,6 +200,10 @@ def make_loader(
     ``group_by_length`` (training only, needs a :class:`TextClassificationDataset`) batches
     texts of similar length together with :class:`LengthGroupedBatches`.
     """
+    shuffle = require_bool("shuffle", shuffle)
+    group_by_length = require_bool("group_by_length", group_by_length)
+    batch_size = require_int("batch_size", batch_size, minimum=1)
+    seed = require_int("seed", seed)
     if group_by_length:
         if not isinstance(dataset, TextClassificationDataset):
             raise TypeError("group_by_length needs a TextClassificationDataset (it reads the token lengths)")
@@ -205,6 +212,11 @@ def make_loader(
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn, generator=generator)
+
+
+def _check_num_labels(num_labels: object) -> None:
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
+        raise ValueError(f"num_labels must be an int >= 2, got {num_labels!r}")
 
 
 class MeanPoolingClassifier(torch.nn.Module):
@@ -220,18 +232,37 @@ class MeanPoolingClassifier(torch.nn.Module):
 
     def __init__(self, encoder: torch.nn.Module, num_labels: int, dropout: float = 0.1) -> None:
         super().__init__()
-        if not isinstance(num_labels, int) or num_labels < 2:
-            raise ValueError(f"num_labels must be an int >= 2, got {num_labels!r}")
+        _check_num_labels(num_labels)
         self.base_model = encoder
         self.num_labels = num_labels
         self.dropout = torch.nn.Dropout(dropout)
         self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)
 
     @classmethod
-    def from_pretrained(cls, path: str, num_labels: int, dropout: float = 0.1, **config: Any) -> "MeanPoolingClassifier":
+    def from_pretrained(
+        cls, path: str | os.PathLike, num_labels: int, dropout: float = 0.1, **config: Any
+    ) -> "MeanPoolingClassifier":
+        """The encoder of ``path`` (a local folder or a hub name) with a new, untrained head.
+
+        The location goes through :func:`llmbook.pretrained.resolve_pretrained`: a local folder is
+        loaded as it is (silently); a hub name such as ``"bert-base-uncased"`` comes from the hub
+        when it answers, and otherwise from the bundled MiniLM checkpoint, with one printed line
+        saying which — never a long wait on ``transformers``' download retries. A path to a folder
+        that does not exist raises ``ValueError`` (never another model). ``config`` overrides
+        encoder settings (e.g. ``hidden_dropout_prob``).
+        """
         from transformers import AutoModel
 
-        return cls(AutoModel.from_pretrained(path, **config), num_labels, dropout)
+        from llmbook.pretrained import resolve_pretrained
+
+        _check_num_labels(num_labels)  # before the (slow) load
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a model folder or a hub name such as 'bert-base-uncased', got {path!r}")
+        name = os.fspath(path)
+        # A local folder needs no announcement (the notebooks pass the folder their choice printed);
+        # resolve_pretrained refuses a path that does not exist rather than substitute another model.
+        choice = resolve_pretrained(name, verbose=not Path(name).expanduser().is_dir())
+        return cls(AutoModel.from_pretrained(choice.path, **config), num_labels, dropout)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> Any:

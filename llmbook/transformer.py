@@ -23,6 +23,7 @@ original paper. Both match ``torch.nn.TransformerEncoderLayer`` with the same fl
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Protocol
 
 import torch
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmbook.attention import MultiHeadAttention, causal_mask
+from llmbook.checks import defines_no_distribution, require_bool
 
 __all__ = [
     "sinusoidal_positional_encoding",
@@ -147,7 +149,10 @@ class EncoderLayer(nn.Module):
     norm_first=...)`` — see :func:`copy_weights_from_torch_encoder_layer`.
 
     ``forward(x, mask=None)`` takes ``(batch, L, d_model)`` and a boolean mask broadcastable to
-    ``(batch, heads, L, L)`` (True = may attend), typically ``(batch, 1, 1, L)`` for padding.
+    ``(batch, heads, L, L)`` (True = may attend), typically ``(batch, 1, 1, L)`` for padding (from
+    :func:`llmbook.attention.padding_mask`). The mask goes to
+    :class:`llmbook.attention.MultiHeadAttention`, whose docstring lists the shapes it accepts: a 2-D
+    mask is an ``(L, L)`` pattern, refused when the batch size is also ``L`` (pass ``mask[None, None]``).
     """
 
     def __init__(
@@ -162,7 +167,7 @@ class EncoderLayer(nn.Module):
         super().__init__()
         _check_positive(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
         _check_dropout(dropout)
-        self.d_model, self.norm_first = d_model, norm_first
+        self.d_model, self.norm_first = d_model, require_bool("norm_first", norm_first)
         self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
         self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout)
         self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps)
@@ -188,8 +193,9 @@ class DecoderLayer(nn.Module):
     ``forward(y, memory, self_mask, memory_mask)``: ``y`` is ``(batch, T, d_model)`` (the target so
     far), ``memory`` is ``(batch, S, d_model)`` (the encoder output). ``self_mask`` broadcasts to
     ``(batch, heads, T, T)`` — causal, and padding if any; ``memory_mask`` to ``(batch, heads, T, S)``
-    — the source padding. In cross-attention the queries come from the decoder, keys and values from
-    the encoder. ``norm_first`` as in :class:`EncoderLayer`.
+    — the source padding. Both go to :class:`llmbook.attention.MultiHeadAttention`, whose docstring
+    lists the mask shapes it accepts. In cross-attention the queries come from the decoder, keys and
+    values from the encoder. ``norm_first`` as in :class:`EncoderLayer`.
     """
 
     def __init__(
@@ -204,7 +210,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         _check_positive(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
         _check_dropout(dropout)
-        self.d_model, self.norm_first = d_model, norm_first
+        self.d_model, self.norm_first = d_model, require_bool("norm_first", norm_first)
         self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
         self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
         self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout)
@@ -290,6 +296,9 @@ class Seq2SeqTransformer(nn.Module):
         )
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        norm_first = require_bool("norm_first", norm_first)
+        tie_output = require_bool("tie_output", tie_output)
+        share_embeddings = require_bool("share_embeddings", share_embeddings)
         if not 0 <= pad_id < min(src_vocab_size, tgt_vocab_size):
             raise ValueError(f"pad_id={pad_id} is not a valid id of both vocabularies")
         if share_embeddings and src_vocab_size != tgt_vocab_size:
@@ -432,32 +441,73 @@ class Seq2SeqModel(Protocol):
     def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor: ...
 
 
-def _check_decode_args(src: torch.Tensor, bos_id: int, eos_id: int, max_len: int) -> None:
+DEFAULT_DECODE_MAX_LEN = 64
+
+
+def _check_decode_args(
+    model: Seq2SeqModel, src: torch.Tensor, bos_id: int, eos_id: int, max_len: int | None
+) -> int:
+    """Check the decoders' arguments; return ``max_len``, with ``None`` resolved as the decoders document."""
     if not isinstance(src, torch.Tensor) or src.dim() != 2 or src.shape[0] == 0 or src.shape[1] == 0:
         shape = tuple(src.shape) if isinstance(src, torch.Tensor) else type(src).__name__
         raise ValueError(f"src must be a non-empty (batch, length) tensor of token ids, got {shape}")
+    # The decoder reads up to max_len target tokens (<bos> and max_len - 1 generated ones); a longer
+    # max_len would only fail at the step that outgrows the model's positional table.
+    model_max_len = getattr(model, "max_len", None)
+    if not isinstance(model_max_len, int):
+        model_max_len = None
+    if max_len is None:
+        max_len = DEFAULT_DECODE_MAX_LEN if model_max_len is None else min(DEFAULT_DECODE_MAX_LEN, model_max_len)
     _check_positive(max_len=max_len)
+    if model_max_len is not None and max_len > model_max_len:
+        raise ValueError(
+            f"max_len={max_len} is longer than the model's max_len={model_max_len} (the rows of its positional "
+            f"encoding), so decoding would fail at step {model_max_len + 1}; pass max_len <= {model_max_len}"
+        )
+    vocab_size = getattr(model, "tgt_vocab_size", None)
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-        if not isinstance(value, int) or value < 0:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        if isinstance(vocab_size, int) and value >= vocab_size:
+            raise ValueError(f"{name}={value} is outside the target vocabulary [0, {vocab_size})")
+    return max_len
+
+
+def _check_next_token_logits(logits: torch.Tensor, step: int) -> None:
+    """Refuse logits that do not define a distribution over the next token.
+
+    NaN, +inf, or a row with no finite logit would make arg-max and top-k return token 0 (or an
+    arbitrary id) without a word. A logit of -inf is allowed: it is how a model rules a token out.
+    """
+    if defines_no_distribution(logits):
+        raise ValueError(
+            f"the model's next-token logits at decoding step {step} contain NaN or +inf, or a row with no "
+            "finite value, so there is no next token to choose. The model is broken (diverged training, or "
+            "float16 overflow): check its weights and run it in float32."
+        )
 
 
 @torch.no_grad()
 def greedy_decode(
-    model: Seq2SeqModel, src: torch.Tensor, *, bos_id: int, eos_id: int, max_len: int = 64
+    model: Seq2SeqModel, src: torch.Tensor, *, bos_id: int, eos_id: int, max_len: int | None = None
 ) -> list[list[int]]:
     """Translate a batch by always taking the most probable next token.
 
     Returns one list of generated ids per source sentence, without ``<bos>`` and ``<eos>``;
     generation stops at ``<eos>`` or after ``max_len`` tokens. Call ``model.eval()`` first.
+    ``max_len`` may not exceed the model's own ``max_len`` (checked before decoding starts); the
+    default ``None`` means 64, or the model's ``max_len`` if that is smaller. NaN, +inf, or a row
+    without a finite logit raise ``ValueError`` rather than becoming token 0.
     """
-    _check_decode_args(src, bos_id, eos_id, max_len)
+    max_len = _check_decode_args(model, src, bos_id, eos_id, max_len)
     src_mask = model.make_src_mask(src)
     memory = model.encode(src, src_mask)
     tokens = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
     finished = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
-    for _ in range(max_len):
-        next_token = model.decode(tokens, memory, src_mask)[:, -1].argmax(dim=-1)
+    for step in range(1, max_len + 1):
+        logits = model.decode(tokens, memory, src_mask)[:, -1]
+        _check_next_token_logits(logits, step)
+        next_token = logits.argmax(dim=-1)
         next_token = next_token.masked_fill(finished, eos_id)  # finished rows just repeat <eos>
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         finished |= next_token == eos_id
@@ -477,7 +527,7 @@ def beam_search(
     bos_id: int,
     eos_id: int,
     beam_size: int = 4,
-    max_len: int = 64,
+    max_len: int | None = None,
     length_penalty: float = 0.6,
     return_scores: bool = False,
 ) -> list[list[int]] | tuple[list[list[int]], list[float]]:
@@ -493,12 +543,16 @@ def beam_search(
     hypotheses, or when no live one can still overtake the best finished one; a hypothesis that
     reaches ``max_len`` tokens without ``<eos>`` is finished as it is. Returns the best hypothesis
     per sentence (ids without ``<bos>``/``<eos>``), and with ``return_scores`` also its score.
-    ``beam_size=1`` is greedy decoding.
+    ``beam_size=1`` is greedy decoding. ``max_len`` and non-finite logits are checked as in
+    :func:`greedy_decode`.
     """
-    _check_decode_args(src, bos_id, eos_id, max_len)
+    max_len = _check_decode_args(model, src, bos_id, eos_id, max_len)
     _check_positive(beam_size=beam_size)
-    if length_penalty < 0:
-        raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, numbers.Real):
+        raise TypeError(f"length_penalty must be a number >= 0, got {length_penalty!r}")
+    if not 0 <= length_penalty < float("inf"):
+        raise ValueError(f"length_penalty must be a finite number >= 0, got {length_penalty}")
+    return_scores = require_bool("return_scores", return_scores)
     batch, k, device = src.shape[0], beam_size, src.device
     src_mask = model.make_src_mask(src)
     memory = model.encode(src, src_mask)
@@ -516,6 +570,7 @@ def beam_search(
 
     for step in range(1, max_len + 1):
         logits = model.decode(tokens, memory, src_mask)[:, -1].float()
+        _check_next_token_logits(logits, step)
         log_probs = F.log_softmax(logits, dim=-1)  # (batch * k, V)
         vocab = log_probs.shape[-1]
         candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)

@@ -15,6 +15,9 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from llmbook.checks import require_bool
+from llmbook.metrics import confusion_matrix
+
 BOOK_STYLE: dict[str, object] = {
     "figure.figsize": (6.4, 4.0),
     "figure.dpi": 110,
@@ -72,6 +75,7 @@ def plot_heatmap(
     Row ``i`` is drawn top to bottom, so ``matrix[i, j]`` is "row label i, column label j" — the
     way attention matrices (query rows, key columns) are read. ``annotate`` writes each value.
     """
+    annotate, colorbar = require_bool("annotate", annotate), require_bool("colorbar", colorbar)
     data = _as_2d_array(matrix, "matrix")
     for labels, size, axis in ((x_labels, data.shape[1], "x_labels"), (y_labels, data.shape[0], "y_labels")):
         if labels is not None and len(labels) != size:
@@ -118,14 +122,34 @@ def plot_confusion_matrix(
     """Heatmap of the confusion matrix (rows: true class, columns: predicted class).
 
     With ``normalize`` each row sums to 1, so the diagonal is per-class recall. Class ids must be
-    ``0 .. len(labels) - 1``.
+    ``0 .. len(labels) - 1`` (``labels[k]`` names class ``k``); any other id raises ``ValueError``
+    rather than leave its examples out of the figure.
     """
-    from sklearn.metrics import confusion_matrix
-
+    normalize = require_bool("normalize", normalize)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must have the same shape")
-    counts = confusion_matrix(y_true, y_pred, labels=list(range(len(labels))))
+    if y_true.ndim != 1:
+        raise ValueError(f"y_true and y_pred must be 1-D arrays of class ids, got shape {y_true.shape}")
+    if isinstance(labels, str) or len(labels) == 0:
+        raise ValueError(f"labels must be a non-empty list of class names, got {labels!r}")
+    checked = []
+    for name, ids in (("y_true", y_true), ("y_pred", y_pred)):
+        if ids.dtype == bool:
+            ids = ids.astype(np.int64)  # False / True are classes 0 and 1
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"{name} must hold integer class ids, got dtype {ids.dtype}")
+        outside = ids[(ids < 0) | (ids >= len(labels))]
+        if outside.size:
+            raise ValueError(
+                f"{name} holds class id {int(outside[0])}, but labels names {len(labels)} classes "
+                f"(ids 0..{len(labels) - 1}): pass a name for every class"
+            )
+        checked.append(ids.astype(np.int64))
+    if y_true.size:
+        counts = confusion_matrix(*checked, num_classes=len(labels))
+    else:  # nothing to count: an empty (all-zero) matrix
+        counts = np.zeros((len(labels), len(labels)), dtype=np.int64)
     if normalize:
         totals = counts.sum(axis=1, keepdims=True)
         values = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)

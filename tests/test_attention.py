@@ -267,3 +267,49 @@ def test_multi_head_attention_errors():
         mha(x, x, x, mask=causal_mask(5).expand(2, 5, 5))
     out, _ = mha(x, x, x, mask=causal_mask(5)[None])  # a 3-D mask with batch 1 is fine
     assert out.shape == x.shape
+
+
+# --- mask layouts of MultiHeadAttention (issue 22) -------------------------------------------------
+
+def test_multi_head_attention_refuses_a_2d_mask_when_batch_equals_length():
+    # batch == L_q == L_k == 3: a raw (batch, L) padding mask has the shape of an (L_q, L_k) pattern.
+    # Broadcasting used to read it as (L_q, L_k) and silently mask query positions instead of sequences.
+    torch.manual_seed(7)
+    mha = MultiHeadAttention(8, 2).eval()
+    x = torch.randn(3, 3, 8)
+    attention_mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]])
+    with pytest.raises(ValueError, match=r"2-D mask of shape \(3, 3\) is ambiguous.*padding_mask\(attention_mask\)"):
+        mha(x, x, x, mask=attention_mask.bool())
+    with pytest.raises(ValueError, match=r"ambiguous.*mask\[None, None\]"):
+        mha(x, x, x, mask=causal_mask(3))
+    # The unambiguous forms give the right answers: each sequence attended alone, without padding ...
+    out, _ = mha(x, x, x, mask=padding_mask(attention_mask))
+    for b, length in enumerate(attention_mask.sum(dim=1).tolist()):
+        alone, _ = mha(x[b:b + 1, :, :], x[b:b + 1, :length], x[b:b + 1, :length])
+        torch.testing.assert_close(out[b], alone[0])
+    # ... and one causal pattern for every sequence, as a batch of one sees it.
+    out, _ = mha(x, x, x, mask=causal_mask(3)[None, None])
+    for b in range(3):
+        torch.testing.assert_close(out[b], mha(x[b:b + 1], x[b:b + 1], x[b:b + 1], mask=causal_mask(3))[0][0])
+
+
+def test_multi_head_attention_2d_padding_mask_points_to_padding_mask():
+    mha = MultiHeadAttention(8, 2)
+    query, memory = torch.randn(2, 4, 8), torch.randn(2, 5, 8)
+    raw = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()  # (batch, L_k), not (L_q, L_k)
+    with pytest.raises(ValueError, match=r"\(2, 5\) looks like a \(batch, L_k\) padding mask.*\(4, 5\).*padding_mask"):
+        mha(query, memory, memory, mask=raw)
+    out, _ = mha(query, memory, memory, mask=padding_mask(raw))
+    assert out.shape == (2, 4, 8)
+    # 2-D patterns whose first dimension is not the batch size keep working: (L_q, L_k) and (1, L_k)
+    assert mha(query, memory, memory, mask=torch.ones(4, 5, dtype=torch.bool))[0].shape == (2, 4, 8)
+    assert mha(query, memory, memory, mask=raw[1:])[0].shape == (2, 4, 8)
+    one = torch.randn(1, 3, 8)  # batch 1: a (1, L_k) mask means the same under both readings
+    assert mha(one, one, one, mask=torch.tensor([[True, True, False]]))[0].shape == (1, 3, 8)
+
+
+def test_multi_head_attention_refuses_a_string_for_bias():
+    with pytest.raises(TypeError, match="bias must be True or False, got 'false'"):
+        MultiHeadAttention(8, 2, bias="false")
+    with pytest.raises(TypeError, match="dropout must be a float"):
+        MultiHeadAttention(8, 2, dropout="0.1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -263,3 +264,242 @@ def test_make_nsp_pairs():
         bert.make_nsp_pairs([["a", "b"]])
     with pytest.raises(TypeError):
         bert.make_nsp_pairs("not documents")
+
+
+# --- hostile input (issue 22) ----------------------------------------------------------------------
+
+
+def test_make_nsp_pairs_refuses_documents_given_as_strings():
+    # Each document a plain string: iterating it would give characters, and "pairs" of single letters.
+    with pytest.raises(TypeError, match=r"documents\[0\] is a str, not a list of sentences"):
+        bert.make_nsp_pairs(["First document. Two sentences.", "Second document here."])
+    with pytest.raises(TypeError, match=r"documents\[1\] is a bytes"):
+        bert.make_nsp_pairs([["a", "b"], b"raw bytes"])
+    with pytest.raises(TypeError, match=r"documents\[0\]\[1\] must be a sentence \(str\), got int"):
+        bert.make_nsp_pairs([["a", 7], ["c", "d"]])
+    # tuples of sentences are fine
+    assert bert.make_nsp_pairs([("a", "b"), ("c", "d")], random_fraction=0.0) == [("a", "b", 0), ("c", "d", 0)]
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan"), True, "0.5"])
+def test_make_nsp_pairs_refuses_bad_random_fraction(fraction):
+    with pytest.raises(ValueError, match="random_fraction"):
+        bert.make_nsp_pairs([["a", "b"], ["c", "d"]], random_fraction=fraction)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"special_ids": [0, -1]}, ValueError, r"special_ids holds -1, outside the vocabulary \[0, 50\)"),
+        ({"special_ids": [0, 50]}, ValueError, r"special_ids holds 50, outside the vocabulary"),
+        ({"special_ids": [0, 2.0]}, TypeError, r"special_ids\[1\] must be an integer"),
+        ({"special_ids": None}, TypeError, "special_ids must be a list of token ids"),
+        ({"mask_token_id": -1}, ValueError, "outside the vocabulary"),
+        ({"mask_token_id": 3.5}, TypeError, "mask_token_id must be an integer"),
+        ({"mask_token_id": True}, TypeError, "mask_token_id must be an integer"),
+        ({"vocab_size": 0}, ValueError, "vocab_size must be at least 1"),
+        ({"vocab_size": 50.0}, TypeError, "vocab_size must be an integer"),
+        ({"mlm_probability": -0.1}, ValueError, "mlm_probability"),
+        ({"mlm_probability": 1.5}, ValueError, "mlm_probability"),
+        ({"mlm_probability": float("nan")}, ValueError, "mlm_probability"),
+        ({"mlm_probability": True}, ValueError, "mlm_probability"),
+        ({"special_tokens_mask": [[True] * 4] * 2}, TypeError, "special_tokens_mask must be a boolean tensor"),
+    ],
+)
+def test_mask_tokens_refuses_ids_outside_the_vocabulary(kwargs, error, match):
+    ids = torch.full((2, 4), 5)
+    arguments = {"mask_token_id": 3, "vocab_size": 50, "mlm_probability": 1.0,
+                 "generator": torch.Generator().manual_seed(0), **kwargs}
+    with pytest.raises(error, match=match):
+        mask_tokens(ids, **arguments)
+
+
+def test_mask_tokens_takes_special_ids_as_a_tensor():
+    ids = _sample_ids(n=8)
+    as_list = mask_tokens(ids, mask_token_id=MASK, vocab_size=30522, special_ids=SPECIAL,
+                          generator=torch.Generator().manual_seed(2))
+    as_tensor = mask_tokens(ids, mask_token_id=torch.tensor(MASK), vocab_size=30522,
+                            special_ids=torch.tensor(SPECIAL), generator=torch.Generator().manual_seed(2))
+    assert all(torch.equal(a, b) for a, b in zip(as_list, as_tensor))
+
+
+TINY_CONFIG = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"input_ids": torch.ones(2, 0, dtype=torch.long)}, r"shape \(2, 0\) holds no tokens"),
+        ({"input_ids": torch.full((1, 3), -1)}, r"\[0, 50\)"),
+        ({"input_ids": torch.ones(1, 9, dtype=torch.long)}, "max_position_embeddings=8"),
+        ({"input_ids": torch.ones(1, 3, dtype=torch.long), "token_type_ids": torch.full((1, 3), -1)},
+         r"token_type_ids must lie in \[0, 2\)"),
+        ({"input_ids": torch.ones(1, 3, dtype=torch.long), "attention_mask": torch.full((1, 3), 2)}, "only 0"),
+        ({"input_ids": torch.ones(1, 3, dtype=torch.long), "output_attentions": "false"}, "output_attentions"),
+    ],
+)
+def test_more_bad_inputs(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        BertModel(TINY_CONFIG)(**kwargs)
+
+
+def test_pretraining_model_checks_flags_and_labels():
+    with pytest.raises(TypeError, match="nsp must be True or False"):
+        BertForPreTraining(TINY_CONFIG, nsp="false")
+    model = BertForPreTraining(TINY_CONFIG)
+    ids = torch.ones(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"labels must be token ids in \[0, 50\) or IGNORE_INDEX"):
+        model(ids, labels=torch.full((2, 3), 50))
+    with pytest.raises(ValueError, match="next_sentence_label must be a"):
+        model(ids, next_sentence_label=torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="next_sentence_label must be a"):
+        model(ids, next_sentence_label=torch.tensor([0, 1, 1]))
+
+
+# --- checkpoint folders: malformed configs, damaged files, shards ---
+
+
+def _hf_state(seed=0):
+    torch.manual_seed(seed)
+    reference = transformers.BertModel(transformers.BertConfig(**TINY)).eval()
+    return reference, {k: v.clone().contiguous() for k, v in reference.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"hidden_dropout_prob": "0.1"}, "hidden_dropout_prob"),
+        ({"hidden_act": ["gelu"]}, "hidden_act"),
+        ({"layer_norm_eps": "1e-12"}, "layer_norm_eps"),
+        ({"pad_token_id": 40}, "pad_token_id"),
+        ({"hidden_size": "16"}, "hidden_size"),
+        ({"hidden_size": None}, "hidden_size"),
+    ],
+)
+def test_malformed_config_names_the_file_and_the_key(tmp_path, change, key):
+    _, state = _hf_state()
+    folder = _tiny_folder(tmp_path, state, {**TINY, **change})
+    with pytest.raises(ValueError, match=re.escape(f"{folder / 'config.json'}: BertConfig.{key} must be")):
+        BertModel.from_pretrained(folder)
+
+
+def test_config_that_is_not_json_or_not_an_object(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"vocab_size": 40, "hidden_size": 16,')  # truncated
+    with pytest.raises(ValueError, match=re.escape(str(path)) + " is not valid JSON .*download the checkpoint again"):
+        BertConfig.from_json(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(TypeError, match=re.escape(f"{path}: a BERT config must be a dict")):
+        BertConfig.from_json(path)
+    with pytest.raises(TypeError, match="must be a dict"):
+        BertConfig.from_dict("config.json")
+
+
+def test_config_without_pad_token_id_loads():
+    config = BertConfig.from_dict({**TINY, "pad_token_id": None})
+    assert BertModel(config).embeddings.word_embeddings.padding_idx is None
+
+
+@pytest.mark.parametrize("filename", ["model.safetensors", "pytorch_model.bin"])
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.98])
+def test_truncated_weights_file_is_named(tmp_path, filename, keep):
+    _, state = _hf_state()
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", **TINY}))
+    path = tmp_path / filename
+    if filename.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    damaged = re.escape(str(path)) + " is corrupt or truncated .*download the checkpoint again"
+    with pytest.raises(ValueError, match=damaged):
+        BertModel.from_pretrained(tmp_path)
+
+
+def test_bin_file_that_is_not_a_state_dict(tmp_path):
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(torch.nn.Linear(2, 2), path)  # a pickled module, not its state dict
+    with pytest.raises(ValueError, match=re.escape(str(path)) + " holds Python objects besides tensors"):
+        bert.load_hf_state_dict(tmp_path)
+    torch.save([torch.zeros(2)], path)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + " does not hold a state dict"):
+        bert.load_hf_state_dict(tmp_path)
+    path.write_text("<html>Rate limit exceeded</html>")  # what a failed download can leave behind
+    with pytest.raises(ValueError, match=re.escape(str(path)) + " is corrupt or truncated"):
+        bert.load_hf_state_dict(tmp_path)
+
+
+def _write_shards(folder, state, fmt):
+    """Split ``state`` into two shards plus the index file, as ``save_pretrained(max_shard_size=...)`` does."""
+    from safetensors.torch import save_file
+
+    names = sorted(state)
+    halves = [names[: len(names) // 2], names[len(names) // 2 :]]
+    stem, suffix = ("model", ".safetensors") if fmt == "safetensors" else ("pytorch_model", ".bin")
+    weight_map = {}
+    for i, half in enumerate(halves, 1):
+        shard = f"{stem}-0000{i}-of-00002{suffix}"
+        part = {k: state[k] for k in half}
+        save_file(part, str(folder / shard)) if fmt == "safetensors" else torch.save(part, folder / shard)
+        weight_map.update(dict.fromkeys(half, shard))
+    index = folder / f"{stem}{suffix}.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return index
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_sharded_checkpoint_loads_equal(tmp_path, fmt):
+    reference, state = _hf_state(seed=3)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", **TINY}))
+    _write_shards(tmp_path, state, fmt)
+    loaded = bert.load_hf_state_dict(tmp_path)
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    ours = BertModel.from_pretrained(tmp_path)
+    ids = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids)[0], reference(ids).last_hidden_state, atol=1e-5, rtol=0)
+
+
+def test_damaged_sharded_checkpoints(tmp_path):
+    _, state = _hf_state()
+    index = _write_shards(tmp_path, state, "safetensors")
+    good = json.loads(index.read_text())
+
+    index.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(ValueError, match=re.escape(str(index)) + " has no valid 'weight_map'"):
+        bert.load_hf_state_dict(tmp_path)
+
+    absent_shard = "model-00003-of-00003.safetensors"
+    index.write_text(json.dumps({"weight_map": {**good["weight_map"], "pooler.extra": absent_shard}}))
+    with pytest.raises(FileNotFoundError, match="lists the shard model-00003-of-00003.safetensors .* incomplete"):
+        bert.load_hf_state_dict(tmp_path)
+
+    first_shard = "model-00001-of-00002.safetensors"
+    index.write_text(json.dumps({"weight_map": {**good["weight_map"], "pooler.extra": first_shard}}))
+    with pytest.raises(ValueError, match=r"lists weights that no shard holds: \['pooler.extra'\]"):
+        bert.load_hf_state_dict(tmp_path)
+
+    index.write_text(json.dumps({"weight_map": {"pooler.dense.bias": "../elsewhere.safetensors"}}))
+    with pytest.raises(ValueError, match="not a file name in its folder"):
+        bert.load_hf_state_dict(tmp_path)
+
+    index.write_text(json.dumps(good))
+    shard = tmp_path / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ValueError, match=re.escape(str(shard)) + " is corrupt or truncated"):
+        bert.load_hf_state_dict(tmp_path)
+
+
+def test_folder_without_weights_says_what_was_looked_for(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", **TINY}))
+    with pytest.raises(FileNotFoundError, match="looked for model.safetensors, model.safetensors.index.json, "
+                                                "pytorch_model.bin, pytorch_model.bin.index.json"):
+        BertModel.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        BertModel.from_pretrained(tmp_path / "bert-base-uncased")
+    with pytest.raises(TypeError, match="folder must be a path"):
+        bert.load_hf_state_dict(None)

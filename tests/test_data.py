@@ -177,3 +177,66 @@ def test_packing_refuses_a_file_that_differs_from_upstream(tmp_path):
             (source / info.name / filename.removesuffix(".xz")).write_text("not the real file")
     with pytest.raises(DataChecksumError, match="does not match the registry's sha256"):
         data.pack_shared_data(source, tmp_path / "out")
+
+
+@pytest.mark.parametrize("bad", [["banking77"], None, 77])
+def test_data_set_names_must_be_strings(bad):
+    with pytest.raises(TypeError, match="name must be a data set name"):
+        load_dataset(bad)
+
+
+def test_a_near_miss_name_gets_a_suggestion():
+    with pytest.raises(ValueError, match=r"Unknown data set 'Banking77'\. Did you mean 'banking77'\?"):
+        load_dataset("Banking77")
+
+
+@pytest.mark.parametrize("bad", [["train"], None, 0])
+def test_splits_and_file_names_of_the_wrong_type_are_clear_errors(bad):
+    with pytest.raises(ValueError, match=r"banking77 has no split .*; choose one of train, validation, test"):
+        load_dataset("banking77", bad)
+    with pytest.raises(ValueError, match="banking77 has no file"):
+        data.read_verified_bytes("banking77", bad)
+
+
+def _small_registry(monkeypatch, tmp_path):
+    """banking77's two small files as the whole registry, with their uncompressed sources under tmp_path/src."""
+    keep = ("categories.json.xz", "LICENSE")
+    source = tmp_path / "src" / "banking77"
+    source.mkdir(parents=True)
+    for filename in keep:
+        (source / filename.removesuffix(".xz")).write_bytes(data.read_verified_bytes("banking77", filename))
+    small = dataclasses.replace(DATASETS["banking77"], files={k: v for k, v in DATASETS["banking77"].files.items() if k in keep})
+    monkeypatch.setattr(data, "DATASETS", {"banking77": small})
+    return source
+
+
+def test_packing_writes_nothing_unless_every_source_is_verified(tmp_path, monkeypatch):
+    source = _small_registry(monkeypatch, tmp_path)
+    (source / "LICENSE").write_text("not the real licence")  # the last file is bad
+    with pytest.raises(DataChecksumError, match="LICENSE does not match"):
+        data.pack_shared_data(tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # categories.json.xz was not written before the check failed
+
+
+def test_packing_writes_each_file_atomically(tmp_path, monkeypatch):
+    import os
+
+    _small_registry(monkeypatch, tmp_path)
+    data.pack_shared_data(tmp_path / "src", tmp_path / "out")
+    packed = tmp_path / "out" / "banking77"
+    before = {p.name: p.read_bytes() for p in packed.iterdir()}
+    assert sorted(before) == ["LICENSE", "categories.json.xz"]
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        data.pack_shared_data(tmp_path / "src", tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in packed.iterdir()} == before  # intact, no temporary files
+
+
+def test_pack_command_reports_problems_in_one_line(tmp_path, capsys):
+    assert data.main([str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not a folder" in err and len(err.strip().splitlines()) == 1

@@ -65,3 +65,66 @@ def test_embed_texts_bad_input(tiny_encoder):
         embed_texts([], tokenizer, model)
     with pytest.raises(TypeError, match="item 1 is int"):
         embed_texts(["ok", 3], tokenizer, model)
+
+
+def test_mean_pool_rejects_non_tensors_and_weighted_masks():
+    with pytest.raises(TypeError, match="hidden_states must be a torch.Tensor, got list"):
+        mean_pool([[[1.0]]], torch.ones(1, 1))
+    with pytest.raises(TypeError, match="attention_mask must be a torch.Tensor"):
+        mean_pool(torch.randn(1, 2, 3), [[1, 1]])
+    # a weight of 2 (or 0.5, -1, NaN) used to give a weighted average silently
+    for bad in ([[2, 1]], [[0.5, 1.0]], [[1, -1]], [[1.0, float("nan")]]):
+        with pytest.raises(ValueError, match="only 0 .* and 1"):
+            mean_pool(torch.randn(1, 2, 3), torch.tensor(bad))
+    hidden = torch.randn(1, 2, 3)
+    torch.testing.assert_close(mean_pool(hidden, torch.tensor([[True, False]])), hidden[:, 0])
+
+
+def test_cosine_similarity_matrix_accepts_integer_and_mixed_dtypes():
+    ints = torch.tensor([[1, 0], [0, 2]])
+    torch.testing.assert_close(cosine_similarity_matrix(ints), torch.eye(2))
+    mixed = cosine_similarity_matrix(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]], dtype=torch.float64))
+    assert mixed.dtype == torch.float64 and abs(mixed.item() - 2**-0.5) < 1e-12
+    with pytest.raises(TypeError, match="a must be a torch.Tensor"):
+        cosine_similarity_matrix([[1.0, 0.0]])
+    with pytest.raises(TypeError, match="b must be a torch.Tensor"):
+        cosine_similarity_matrix(ints, [[1, 0]])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"progress": "no"}, TypeError, "progress must be True or False"),
+        ({"progress": 0}, TypeError, "progress must be True or False"),
+        ({"batch_size": 0}, ValueError, "batch_size must be at least 1"),
+        ({"batch_size": "8"}, TypeError, "batch_size must be an integer"),
+        ({"max_length": 0}, ValueError, "max_length must be at least 1"),
+        ({"max_length": 64.0}, TypeError, "max_length must be an integer"),
+        ({"device": "tpu"}, ValueError, "Unknown device 'tpu'"),
+    ],
+)
+def test_embed_texts_rejects_bad_options(tiny_encoder, kwargs, error, message):
+    tokenizer, model = tiny_encoder
+    with pytest.raises(error, match=message):
+        embed_texts(["a text", "another"], tokenizer, model, **kwargs)
+
+
+def test_embed_texts_reads_device_names_like_get_device(tiny_encoder):
+    tokenizer, model = tiny_encoder
+    out = embed_texts(["a text"], tokenizer, model, device=" CPU ", progress=False)
+    assert out.shape == (1, 32) and out.device.type == "cpu"
+
+
+def test_embed_texts_rejects_the_wrong_model_or_tokenizer(tiny_encoder):
+    from transformers import BertForSequenceClassification
+
+    tokenizer, model = tiny_encoder
+    with_head = BertForSequenceClassification(model.config).eval()
+    with pytest.raises(TypeError, match="without last_hidden_state: pass the encoder itself"):
+        embed_texts(["a text"], tokenizer, with_head, progress=False)
+    with pytest.raises(ValueError, match="model has no parameters"):
+        embed_texts(["a text"], tokenizer, torch.nn.Identity(), progress=False)
+    with pytest.raises(TypeError, match="tokenizer must be a transformers tokenizer"):
+        embed_texts(["a text"], "bert-base-uncased", model, progress=False)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        embed_texts(["a text"], tokenizer, "bert-base-uncased", progress=False)

@@ -195,3 +195,106 @@ def test_error_paths():
         model.blocks[0].attn(torch.zeros(1, 1, 16), cache)
     with pytest.raises(ValueError, match="block_size"):
         get_batch(torch.arange(5), 2, 8)
+
+
+# ------------------------------------------------------------------ hostile input (issue 22)
+
+
+@pytest.mark.parametrize("bad", [11, -1])
+def test_token_ids_outside_the_vocabulary_are_named(bad):
+    model = tiny()  # vocab_size=11
+    idx = torch.tensor([[1, 2, bad, 3]])
+    message = rf"idx holds token id {bad}, outside the vocabulary \[0, 11\).*vocab_size=11"
+    with pytest.raises(ValueError, match=message):
+        model(idx)
+    with pytest.raises(ValueError, match=message):
+        generate(model, idx, 3)
+    with pytest.raises(ValueError, match=rf"data holds token id {bad}.*vocab_size=11"):
+        evaluate_loss(model, torch.tensor([1, 2, 3, bad] * 10), block_size=8)
+    with pytest.raises(ValueError, match=rf"targets holds token id {bad}.*vocab_size=11"):
+        model(idx.clamp(0, 10), idx)
+    # -100 is cross_entropy's ignore_index: such targets are left out of the loss, not refused.
+    targets = torch.tensor([[2, 3, -100, 4]])
+    loss = model(idx.clamp(0, 10), targets)[1]
+    expected = torch.nn.functional.cross_entropy(model(idx.clamp(0, 10))[0][0], targets[0])
+    torch.testing.assert_close(loss, expected)
+
+
+def broken_model() -> GPT:
+    model = tiny()
+    with torch.no_grad():
+        model.ln_f.weight.fill_(float("nan"))  # every logit becomes NaN
+    return model
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_refuses_non_finite_logits(use_cache):
+    # Greedy decoding used to return token 0 (argmax of NaN) every step, silently.
+    model, prompt = broken_model(), torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="logits at generation step 1 contain NaN or infinite values"):
+        generate(model, prompt, 3, greedy=True, use_cache=use_cache)
+    with pytest.raises(ValueError, match="logits at generation step 1 contain NaN"):
+        generate(model, prompt, 3, temperature=0.8, top_k=3, use_cache=use_cache)
+    with pytest.raises(ValueError, match="temperature=1e-45 is so small"):
+        generate(tiny(), prompt, 3, temperature=1e-45, use_cache=use_cache)
+
+
+def test_filter_logits_refuses_non_finite_logits_but_keeps_minus_inf():
+    for logits in ([1.0, float("nan"), 3.0], [1.0, float("inf"), 3.0], [float("-inf")] * 3):
+        with pytest.raises(ValueError, match="NaN or \\+inf, or a row with no finite value"):
+            filter_logits(torch.tensor([logits]), top_k=2)
+    # -inf marks tokens a filter already dropped, so filters chain.
+    once = filter_logits(torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]]), top_k=3)
+    assert filter_logits(once, top_p=0.5).isfinite().tolist() == [[False, True, False, False, False]]
+
+
+def test_kv_cache_of_the_wrong_batch_size_or_without_room():
+    model = tiny()
+    cache = model.new_cache(batch=2)
+    with pytest.raises(ValueError, match=r"holds 2 sequences but idx has a batch of 3.*new_cache\(batch=3\)"):
+        model(torch.zeros(3, 4, dtype=torch.long), cache=cache)
+    # A batch of one used to broadcast into the batch-2 cache, then fail in a reshape deep inside attention.
+    with pytest.raises(ValueError, match=r"holds 2 sequences but idx has a batch of 1"):
+        model(torch.zeros(1, 4, dtype=torch.long), cache=cache)
+    assert cache.length == 0
+    small = model.new_cache(batch=1, max_len=4)
+    model(torch.zeros(1, 3, dtype=torch.long), cache=small)
+    with pytest.raises(ValueError, match=r"3 cached \+ 2 new positions exceed its max_len=4.*new_cache\(batch, max"):
+        model(torch.zeros(1, 2, dtype=torch.long), cache=small)
+    assert small.length == 3  # the failed call left the cache as it was
+    other = tiny(n_layer=3).new_cache(batch=1)
+    with pytest.raises(ValueError, match="made for another model"):
+        model(torch.zeros(1, 2, dtype=torch.long), cache=other)
+    with pytest.raises(TypeError, match="batch must be an integer"):
+        model.new_cache(batch="2")
+
+
+def test_evaluate_loss_argument_checks():
+    model, data = tiny(), torch.arange(100) % 11
+    # batch_size=-1 used to skip every window and return a loss of 0.0.
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"batch_size must be at least 1, got {bad}"):
+            evaluate_loss(model, data, batch_size=bad)
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        evaluate_loss(model, data, batch_size=2.5)
+    with pytest.raises(ValueError, match=r"block_size=32 is longer than the model's context \(block_size=16\)"):
+        evaluate_loss(model, data, block_size=32)
+    with pytest.raises(ValueError, match="block_size must be at least 1, got 0"):  # used to mean the default
+        evaluate_loss(model, data, block_size=0)
+    with pytest.raises(ValueError, match="data has 10 tokens, too few for one window of 16: it needs at least 17"):
+        evaluate_loss(model, data[:10])
+    with pytest.raises(ValueError, match="max_windows must be at least 1"):
+        evaluate_loss(model, data, max_windows=0)
+    with pytest.raises(ValueError, match="data must be a 1-D tensor"):
+        evaluate_loss(model, data.view(10, 10))
+    assert evaluate_loss(model, data, batch_size=1) == pytest.approx(evaluate_loss(model, data), rel=1e-5)
+
+
+def test_boolean_flags_refuse_strings():
+    model, prompt = tiny(), torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(TypeError, match="use_cache must be True or False, got 'false'"):
+        generate(model, prompt, 3, use_cache="false")
+    with pytest.raises(TypeError, match="greedy must be True or False, got 'false'"):
+        generate(model, prompt, 3, greedy="false")
+    with pytest.raises(TypeError, match="GPTConfig.bias must be True or False"):
+        GPTConfig(bias="false")

@@ -176,7 +176,7 @@ def test_bleu_errors():
         bleu("a b c", [["a b c"]])
     with pytest.raises(ValueError, match="empty"):
         bleu([], [])
-    with pytest.raises(ValueError, match=r"2 predictions/hypotheses but 1 reference lists.*transposed"):
+    with pytest.raises(ValueError, match=r"2 predictions/hypotheses but 1 reference lists.*ref_layout='streams'"):
         bleu(["a", "b"], [["a", "b"]])
     with pytest.raises(TypeError, match=r"references\[0\] is a str"):
         bleu(["a"], ["a"])
@@ -192,6 +192,151 @@ def test_bleu_errors():
         bleu_details(["a"], [["a"]], smooth="add-k")
     with pytest.raises(ValueError, match="shape"):
         bleu_from_statistics(np.zeros((3, 5)))
+
+
+# --------------------------------------------------------------------- BLEU: layout of the references
+
+
+@pytest.mark.parametrize("n_refs", [1, 2, 4])
+def test_bleu_reads_sacrebleus_stream_layout(n_refs):
+    hyps, refs = _random_corpus(random.Random(40 + n_refs), n=12, n_refs=n_refs)
+    streams = _streams(refs)
+    expected = sacrebleu.corpus_bleu(hyps, streams).score
+    assert bleu(hyps, streams, ref_layout="streams") == pytest.approx(expected, abs=1e-9)
+    assert bleu(hyps, refs, ref_layout="per_hypothesis") == pytest.approx(expected, abs=1e-9)
+    assert bleu_details(hyps, streams, ref_layout="streams").score == pytest.approx(expected, abs=1e-9)
+    np.testing.assert_array_equal(bleu_statistics(hyps, streams, ref_layout="streams"), bleu_statistics(hyps, refs))
+
+
+def test_bleu_refuses_a_square_table_without_ref_layout():
+    # 3 hypotheses with 3 references each: the table reads differently in the two layouts
+    hyps = ["the cat sat on the mat", "a dog ran in the park", "it is raining today"]
+    table = [
+        ["the cat sat on a mat", "a cat is on the mat", "the cat sat on the mat"],
+        ["a dog ran in a park", "the dog runs in the park", "it rains today"],
+        ["it is raining now", "rain falls today", "a dog ran in the park"],
+    ]
+    as_ours = sacrebleu.corpus_bleu(hyps, _streams(table)).score  # table[i] = references of hypothesis i
+    as_streams = sacrebleu.corpus_bleu(hyps, table).score  # table[k] = k-th reference of every hypothesis
+    assert as_ours != pytest.approx(as_streams)  # so reading it the wrong way silently gives a wrong score
+    with pytest.raises(ValueError, match=r"square 3 x 3 table.*ref_layout='per_hypothesis'.*ref_layout='streams'"):
+        bleu(hyps, table)
+    with pytest.raises(ValueError, match="ref_layout"):
+        bleu_statistics(hyps, table)
+    assert bleu(hyps, table, ref_layout="per_hypothesis") == pytest.approx(as_ours, abs=1e-9)
+    assert bleu(hyps, table, ref_layout="streams") == pytest.approx(as_streams, abs=1e-9)
+
+
+def test_bleu_accepts_square_tables_that_read_the_same_both_ways():
+    # one hypothesis with one reference: both layouts are [[ref]]
+    assert bleu(["a b c d e"], [["a b c d e"]]) == pytest.approx(100.0)
+    # a symmetric table (refs[i][k] == refs[k][i]) is the same in both layouts
+    hyps = ["a b c d", "e f g h"]
+    symmetric = [["a b c d", "x y z w"], ["x y z w", "e f g h"]]
+    assert bleu(hyps, symmetric) == pytest.approx(sacrebleu.corpus_bleu(hyps, symmetric).score, abs=1e-9)
+
+
+def test_bleu_ref_layout_errors():
+    with pytest.raises(ValueError, match="ref_layout must be 'per_hypothesis', 'streams' or None"):
+        bleu(["a"], [["a"]], ref_layout="sacrebleu")
+    with pytest.raises(ValueError, match=r"references\[1\] has 2 references but there are 3 hypotheses"):
+        bleu(["a", "b", "c"], [["a", "b", "c"], ["a", "b"]], ref_layout="streams")
+    with pytest.raises(TypeError, match=r"references\[0\] must be a list of strings"):
+        bleu(["a"], ["a"], ref_layout="streams")
+    with pytest.raises(TypeError, match=r"references\[0\]\[1\] must be a str"):
+        bleu(["a", "b"], [["a", None]], ref_layout="streams")
+    with pytest.raises(ValueError, match="at least one reference stream"):
+        bleu(["a"], [], ref_layout="streams")
+
+
+# ------------------------------------------------------------- BLEU: Chinese and sacrebleu's tokenizers
+
+CHINESE = [
+    "我爱北京天安门。",
+    "今天天气很好，我们去公园散步吧！",
+    "他说：“这本书很有意思。”",
+    "GPT-4 是一个大型语言模型，它在 2023 年发布。",
+    "价格是 3.14 元，约合 0.5 美元……",
+    "我们使用 PyTorch 训练了 Transformer 模型（12 层）。",
+    "北京—上海的高铁只要4.5小时",
+    "  前后有空格  ",
+    "中文、English 和 123 混在一起：a-b, c.d；e/f",
+    "１２３ＡＢＣ全角字符，「引号」『双引号』",
+    "日本語のテキスト。カタカナとひらがな",
+    "한국어 문장도 있습니다.",
+    "𠀀𠀁 扩展B区的字",  # CJK Extension B: sacrebleu's zh tokenizer does not split these
+    "",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY + CHINESE)
+def test_bleu_tokenizers_match_sacrebleus(text):
+    from sacrebleu.tokenizers.tokenizer_char import TokenizerChar
+    from sacrebleu.tokenizers.tokenizer_none import NoneTokenizer
+    from sacrebleu.tokenizers.tokenizer_zh import TokenizerZh
+
+    # sacrebleu strips trailing whitespace before tokenising, and splits the result on whitespace
+    assert metrics.tokenize_zh(text) == TokenizerZh()(text.rstrip()).split()
+    assert metrics.tokenize_char(text) == TokenizerChar()(text.rstrip()).split()
+    assert metrics.BLEU_TOKENIZERS["none"](text) == NoneTokenizer()(text.rstrip()).split()
+    assert metrics.BLEU_TOKENIZERS["13a"] is tokenize_13a
+
+
+def test_tokenize_zh_splits_the_characters_sacrebleu_splits():
+    # every code point of the first three planes, and a sample of the rest, in runs of 500
+    from sacrebleu.tokenizers.tokenizer_zh import TokenizerZh
+
+    code_points = [*range(0x30000), *range(0x30000, 0x110000, 101)]
+    for start in range(0, len(code_points), 500):
+        text = "".join(chr(c) for c in code_points[start : start + 500])
+        assert metrics.tokenize_zh(text) == TokenizerZh()(text.rstrip()).split(), hex(code_points[start])
+
+
+def _random_chinese_corpus(rng: random.Random, n: int, n_refs: int):
+    words = (
+        "我 你 他 们 的 是 在 有 一个 模型 语言 训练 数据 北京 上海 今天 天气 很 好 中文 翻译 句子 "
+        "。 ， ！ ？ 、 ： ； “ ” （ ） …… — GPT BERT the model is 3.14 2023 1,000 - . , ( )"
+    ).split()
+
+    def sentence(length):
+        # Chinese is written without spaces; English words and numbers keep theirs sometimes
+        return "".join(rng.choice(words) + (" " if rng.random() < 0.2 else "") for _ in range(length))
+
+    hyps = [sentence(rng.randint(0, 15)) for _ in range(n)]
+    refs = [[sentence(rng.randint(1, 18)) for _ in range(n_refs)] for _ in range(n)]
+    return hyps, refs
+
+
+@pytest.mark.parametrize("tokenize", ["zh", "char", "13a", "none"])
+def test_bleu_tokenize_matches_sacrebleu_on_chinese_corpora(tokenize):
+    corpora = [_random_chinese_corpus(random.Random(seed), n=20, n_refs=1 + seed % 3) for seed in range(5)]
+    hyps = ["我爱北京天安门。", "今天天气很好，我们去公园散步吧！", "GPT-4 是一个大型语言模型，它在 2023 年发布。"]
+    refs = [
+        ["我爱北京的天安门。", "我喜欢北京天安门！"],
+        ["今天天气不错，我们去公园散步吧。", "天气很好，去公园走走吧！"],
+        ["GPT-4 是大型语言模型，发布于 2023 年。", "GPT-4 这个大语言模型是 2023 年发布的。"],
+    ]
+    for hyps, refs in [*corpora, (hyps, refs), (CHINESE, [[text] for text in reversed(CHINESE)])]:
+        expected = sacrebleu.corpus_bleu(hyps, _streams(refs), tokenize=tokenize).score
+        assert bleu(hyps, refs, tokenize=tokenize) == pytest.approx(expected, abs=1e-9)
+        stats = bleu_statistics(hyps, refs, tokenize=tokenize)
+        assert bleu_from_statistics(stats).score == pytest.approx(expected, abs=1e-9)
+
+
+def test_bleu_needs_zh_for_chinese():
+    hyps, refs = ["我爱北京天安门。"], [["我爱北京的天安门。"]]
+    assert bleu(hyps, refs) == 0.0  # with 13a each sentence is a single "word": nothing matches
+    assert bleu(hyps, refs, tokenize="zh") > 40
+    assert bleu_details(hyps, refs, tokenize="zh").hyp_len == 8  # 7 characters and the full stop
+
+
+def test_bleu_tokenize_errors():
+    with pytest.raises(ValueError, match="tokenize must be one of '13a', 'zh', 'char', 'none'.*tokenizer="):
+        bleu(["a"], [["a"]], tokenize="intl")
+    with pytest.raises(ValueError, match="not both"):
+        bleu_details(["a"], [["a"]], tokenize="zh", tokenizer=str.split)
+    with pytest.raises(TypeError, match="tokenizer must be a function"):
+        bleu_details(["a"], [["a"]], tokenizer="13a")
 
 
 # ---------------------------------------------------------------------------------------------- ROUGE
@@ -267,6 +412,71 @@ def test_rouge_errors():
         metrics.rouge_n_scores(["a"], ["a"], 0)
 
 
+class _CjkTokenizer:
+    """rouge-score accepts any object with a ``tokenize(text)`` method (RougeScorer(tokenizer=...))."""
+
+    def tokenize(self, text):
+        return metrics.rouge_tokenize_cjk(text)
+
+
+def test_rouge_default_tokenizer_drops_chinese_and_cjk_scores_it():
+    predictions, references = ["我爱北京"], [["我爱上海"]]
+    # rouge-score's default tokenizer keeps only a-z0-9: both texts become empty and score 0
+    assert google_tokenize("我爱北京", None) == []
+    assert _google_rouge(predictions, references) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    with pytest.warns(UserWarning, match="tokenize='cjk'"):
+        assert rouge(predictions, references) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    # per character: 我 爱 match (2 of 4 unigrams), 我爱 is the one common bigram of 3, the LCS is 我爱
+    assert metrics.rouge_tokenize_cjk("我爱北京") == ["我", "爱", "北", "京"]
+    assert rouge(predictions, references, tokenize="cjk") == pytest.approx(
+        {"rouge1": 0.5, "rouge2": 1 / 3, "rougeL": 0.5}
+    )
+    per = rouge_per_example(predictions, references, tokenize="cjk")
+    assert per["rouge2"][0] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    "text", [t for t in TRICKY if "日本語" not in t] + ["Don't STOP—it's 42ºC; naïve café, Œuvre İstanbul ǅ"]
+)
+def test_rouge_tokenize_cjk_equals_the_default_on_text_without_cjk(text):
+    assert metrics.rouge_tokenize_cjk(text) == google_tokenize(text, None)
+
+
+def test_rouge_tokenize_cjk_keeps_words_and_cjk_characters():
+    assert metrics.rouge_tokenize_cjk("用PyTorch训练GPT-2模型，共12层。") == [
+        "用", "pytorch", "训", "练", "gpt", "2", "模", "型", "共", "12", "层",
+    ]
+    assert metrics.rouge_tokenize_cjk("ひらがなとカタカナ") == list("ひらがなとカタカナ")
+    assert metrics.rouge_tokenize_cjk("한국어 문장") == ["한", "국", "어", "문", "장"]
+    assert metrics.rouge_tokenize_cjk("𠀀字") == ["𠀀", "字"]  # CJK Extension B
+
+
+def test_rouge_cjk_matches_rouge_score_given_the_same_tokenizer():
+    rng = random.Random(1)
+    pieces = "我 你 模型 语言 训练 数据 北京 今天 天气 很 好 的 是 。 ， ！ GPT BERT the model 2023 3.14".split()
+
+    def sentence():
+        return "".join(rng.choice(pieces) + (" " if rng.random() < 0.2 else "") for _ in range(rng.randint(0, 14)))
+
+    predictions = [sentence() for _ in range(30)] + ["", "。。", "今天天气很好"]
+    references = [[sentence() for _ in range(rng.randint(1, 3))] for _ in range(30)]
+    references += [["一些文字"], ["你好"], ["今天的天气很好", "天气不错"]]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_CjkTokenizer())
+    per = [scorer.score_multi(refs, pred) for pred, refs in zip(predictions, references)]
+    theirs = {key: float(np.mean([p[key].fmeasure for p in per])) for key in ("rouge1", "rouge2", "rougeL")}
+    ours = rouge(predictions, references, tokenize="cjk")
+    assert ours["rouge1"] > 0.1
+    for key in ours:
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-9)
+
+
+def test_rouge_tokenize_errors():
+    with pytest.raises(ValueError, match="tokenize must be 'default'.*or 'cjk'"):
+        rouge(["a"], [["a"]], tokenize="jieba")
+    with pytest.raises(ValueError, match="tokenize must be"):
+        rouge_per_example(["a"], [["a"]], tokenize=None)
+
+
 # ----------------------------------------------------------------------------------------- perplexity
 
 
@@ -304,6 +514,19 @@ def test_perplexity_errors():
         token_nll(torch.randn(2, 5), torch.tensor([-100, -100]))
 
 
+def test_perplexity_of_a_huge_mean_nll_is_infinite_not_an_error():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no OverflowError, and no overflow warning either
+        assert perplexity([1000.0]) == math.inf  # exp(1000) is beyond the largest float
+        assert perplexity([800.0, 900.0], num_units=2) == math.inf
+        assert perplexity([1e308, 1e308]) == math.inf  # even the sum overflows
+        # bits per character stays finite: it is the mean NLL in bits, log2 of the perplexity
+        assert metrics.bits_per_character([1000.0, 1000.0], 2) == pytest.approx(1000.0 / math.log(2))
+    assert perplexity([709.0]) == pytest.approx(math.exp(709.0))  # the largest mean that still fits
+
+
 # -------------------------------------------------------------------------------- classification
 
 
@@ -327,6 +550,89 @@ def test_precision_recall_f1_match_sklearn(seed):
         for a, b in zip(ours, theirs):
             np.testing.assert_allclose(a, b, atol=1e-12)
     assert precision_recall_f1(y_true, y_pred, average="micro")[2] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+
+def _assert_matches_sklearn(y_true, y_pred, **options):
+    """Every average of precision_recall_f1, and the confusion matrix, equal sklearn's with the same classes."""
+    import warnings
+
+    from sklearn import metrics as skm
+
+    sk_options = {}
+    if "labels" in options:
+        sk_options["labels"] = options["labels"]
+    elif "num_classes" in options:
+        sk_options["labels"] = list(range(options["num_classes"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's UndefinedMetricWarning for the classes that never occur
+        for average in ("macro", "micro", "weighted", None):
+            ours = precision_recall_f1(y_true, y_pred, average=average, **options)
+            theirs = skm.precision_recall_fscore_support(
+                y_true, y_pred, average=average, zero_division=0, **sk_options
+            )[:3]
+            for a, b in zip(ours, theirs):
+                np.testing.assert_allclose(a, b, atol=1e-12, err_msg=f"average={average}, {options}")
+            # sklearn's default zero_division ("warn") gives the same numbers
+            warned = skm.precision_recall_fscore_support(y_true, y_pred, average=average, **sk_options)[:3]
+            for a, b in zip(ours, warned):
+                np.testing.assert_allclose(a, b, atol=1e-12)
+    np.testing.assert_array_equal(
+        confusion_matrix(y_true, y_pred, **options), skm.confusion_matrix(y_true, y_pred, **sk_options)
+    )
+
+
+def test_precision_recall_f1_score_only_the_classes_present():
+    # class 0 occurs in neither input: it is not a class of this data (the issue's two examples)
+    _assert_matches_sklearn([1, 2, 1, 2, 3, 3], [1, 2, 2, 2, 3, 1])
+    assert precision_recall_f1([1, 2, 1, 2, 3, 3], [1, 2, 2, 2, 3, 1])[2] == pytest.approx(0.6555555555555556)
+    assert precision_recall_f1([1, 1, 1], [1, 1, 1]) == (1.0, 1.0, 1.0)
+    assert confusion_matrix([1, 1, 1], [1, 1, 1]).tolist() == [[3]]
+    # asking for the absent class counts it, with zero support, as sklearn does
+    assert precision_recall_f1([1, 1, 1], [1, 1, 1], num_classes=2) == (0.5, 0.5, 0.5)
+    assert precision_recall_f1([1, 1, 1], [1, 1, 1], labels=[0, 1]) == (0.5, 0.5, 0.5)
+    # no listed class occurs in y_true: the weighted average has no weights, and sklearn gives 0
+    from sklearn.metrics import precision_recall_fscore_support
+
+    sk = precision_recall_fscore_support([0, 0], [1, 1], labels=[1], average="weighted", zero_division=0)
+    assert precision_recall_f1([0, 0], [1, 1], labels=[1], average="weighted") == sk[:3] == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_precision_recall_f1_match_sklearn_with_absent_classes(seed):
+    rng = np.random.default_rng(100 + seed)
+    ids = np.array([0, 2, 3, 7, 11, 40])  # sparse ids: 1, 4..6, 8..10, 12..39 never occur
+    n = int(rng.integers(5, 200))
+    y_true = rng.choice(ids[: rng.integers(2, 7)], size=n)
+    y_pred = np.where(rng.random(n) < 0.5, y_true, rng.choice(ids, size=n))
+    _assert_matches_sklearn(y_true, y_pred)
+    _assert_matches_sklearn(y_true, y_pred, num_classes=41 + int(rng.integers(0, 3)))
+    # labels: all present ones plus absent ones, in a random order
+    superset = rng.permutation(np.union1d(np.union1d(y_true, y_pred), rng.choice(60, size=3, replace=False)))
+    _assert_matches_sklearn(y_true, y_pred, labels=superset.tolist())
+    # labels: a subset, as sklearn allows (e.g. leaving the majority class out of the micro average)
+    subset = rng.permutation(np.union1d(y_true, y_pred))[: max(1, len(np.union1d(y_true, y_pred)) // 2)]
+    _assert_matches_sklearn(y_true, y_pred, labels=subset.tolist())
+
+
+def test_precision_recall_f1_with_huge_label_ids():
+    # ids such as hashes or database keys: only the classes present are counted, no (max id)^2 matrix
+    y_true = np.array([10**12, 3, 10**12, 7, 3, 2**62])
+    y_pred = np.array([10**12, 3, 3, 7, 10**12, 2**62])
+    _assert_matches_sklearn(y_true, y_pred)
+    assert confusion_matrix(y_true, y_pred).shape == (4, 4)
+    _assert_matches_sklearn(y_true, y_pred, labels=[2**62, 10**12, 5])
+
+
+def test_classification_label_option_errors():
+    with pytest.raises(ValueError, match="not both"):
+        precision_recall_f1([0, 1], [0, 1], labels=[0, 1], num_classes=2)
+    with pytest.raises(ValueError, match="labels lists class 1 more than once"):
+        precision_recall_f1([0, 1], [0, 1], labels=[0, 1, 1])
+    with pytest.raises(ValueError, match="labels is empty"):
+        confusion_matrix([0, 1], [0, 1], labels=[])
+    with pytest.raises(TypeError, match="num_classes must be an integer"):
+        precision_recall_f1([0, 1], [0, 1], num_classes=True)
+    with pytest.raises(ValueError, match=r"negative class id \(-100\).*padding"):
+        precision_recall_f1([0, -100], [0, 1])
 
 
 def test_classification_errors():
@@ -438,3 +744,34 @@ def test_bootstrap_errors():
         bootstrap_ci(np.zeros(3), n_resamples=0)
     with pytest.raises(ValueError, match="same examples"):
         paired_bootstrap(np.zeros(3), np.zeros(4))
+
+
+def test_bootstrap_rejects_nan_and_infinite_data():
+    scores = np.array([0.2, 0.5, np.nan, 0.4])
+    with pytest.raises(ValueError, match="data contains NaN or infinite values. Drop or re-score"):
+        bootstrap_ci(scores)
+    with pytest.raises(ValueError, match="data_a contains NaN or infinite"):
+        paired_bootstrap(scores, np.zeros(4))  # used to give delta = NaN with p = 0.001
+    with pytest.raises(ValueError, match="data_b contains NaN or infinite"):
+        paired_bootstrap(np.zeros(4), np.array([0.1, np.inf, 0.2, 0.3]))
+    with pytest.raises(ValueError, match=r"data\[1\] contains NaN or infinite"):
+        bootstrap_ci((np.zeros(4), scores), lambda a, b: 0.0)
+    with pytest.raises(ValueError, match="data contains NaN"):
+        bootstrap_ci(torch.tensor([1.0, float("nan"), 2.0]))
+
+
+def test_bootstrap_rejects_a_statistic_that_is_not_finite():
+    with pytest.raises(ValueError, match="statistic of data is nan"):
+        bootstrap_ci(np.arange(5.0), lambda x: math.nan)
+    with pytest.raises(ValueError, match="statistic of data_b is inf"):
+        paired_bootstrap(np.ones(5), np.zeros(5), lambda x: 1 / x.mean() if x.mean() else math.inf)
+
+    # finite on the full data, but 0/0 on the resamples that draw only zeros
+    def signal_to_noise(x):
+        return float(x.mean()) / float(x.std()) if x.std() > 0 else math.nan
+
+    data = np.array([0.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match=r"statistic is NaN or infinite on \d+ of 200 resamples"):
+        bootstrap_ci(data, signal_to_noise, n_resamples=200)
+    with pytest.raises(ValueError, match="NaN or infinite on"):
+        paired_bootstrap(data, data[::-1].copy(), signal_to_noise, n_resamples=200)

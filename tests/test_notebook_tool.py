@@ -123,3 +123,89 @@ def test_check_command_exit_codes(tmp_path, capsys):
     assert "1 notebook(s) OK" in capsys.readouterr().out
     assert notebooks.main(["check", str(good), str(bad)]) == 1
     assert "bad.ipynb: no complete provenance stamp" in capsys.readouterr().out
+
+
+def _files_in(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_failed_run_leaves_the_file_byte_for_byte_untouched(tmp_path, capsys):
+    # No setup cell: syncing it in would change the file, so this also catches a sync written too early.
+    path = tmp_path / "failing.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("raise RuntimeError('boom')")]), path)
+    before = path.read_bytes()
+    assert notebooks.main(["run", "--scale", "smoke", "--timeout", "120", str(path)]) == 1
+    assert path.read_bytes() == before
+    assert _files_in(tmp_path) == ["failing.ipynb"]  # no temporary file left behind
+    err = capsys.readouterr().err
+    assert "did not run to the end; the file was left unchanged" in err and "boom" in err
+
+
+def test_sync_setup_writes_atomically(tmp_path, monkeypatch):
+    path = make_notebook(tmp_path / "nb.ipynb", setup=False)
+    before = path.read_bytes()
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(notebooks.os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        sync_setup_cell(path)
+    assert path.read_bytes() == before  # the notebook is never truncated or half-written
+    assert _files_in(tmp_path) == ["nb.ipynb"]  # and the temporary file is cleaned up
+
+
+def test_writes_keep_the_notebook_format_and_permissions(tmp_path):
+    path = make_notebook(tmp_path / "nb.ipynb", setup=False)
+    path.chmod(0o640)
+    assert sync_setup_cell(path) is True
+    assert (path.stat().st_mode & 0o777) == 0o640
+    assert _files_in(tmp_path) == ["nb.ipynb"]
+    expected = tmp_path / "expected.ipynb"
+    nbformat.write(nbformat.read(path, 4), expected)
+    assert path.read_bytes() == expected.read_bytes()  # the same bytes nbformat.write gives
+
+
+def _not_a_notebook(tmp_path, kind):
+    if kind == "python file":
+        path = tmp_path / "script.py"
+        path.write_text("print('hi')\n")
+    elif kind == "missing file":
+        path = tmp_path / "missing.ipynb"
+    elif kind == "invalid JSON":
+        path = tmp_path / "broken.ipynb"
+        path.write_text("{ not json")
+    elif kind == "JSON that is no notebook":
+        path = tmp_path / "list.ipynb"
+        path.write_text("[1, 2]")
+    else:
+        path = tmp_path / "folder.ipynb"
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("command", [["run", "--scale", "smoke"], ["sync-setup"]])
+@pytest.mark.parametrize("kind", ["python file", "missing file", "invalid JSON", "JSON that is no notebook", "folder"])
+def test_commands_reject_non_notebooks_with_one_line(tmp_path, capsys, command, kind):
+    good = make_notebook(tmp_path / "good.ipynb", setup=False)
+    good_before = good.read_bytes()
+    bad = _not_a_notebook(tmp_path, kind)
+    bad_before = bad.read_bytes() if bad.is_file() else None
+    # the good notebook comes first: nothing may run or change before every path is checked
+    assert notebooks.main([*command, str(good), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(bad) in err
+    assert good.read_bytes() == good_before
+    if bad_before is not None:
+        assert bad.read_bytes() == bad_before
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "soon"])
+def test_run_timeout_must_be_positive(tmp_path, capsys, bad):
+    path = make_notebook(tmp_path / "nb.ipynb")
+    with pytest.raises(SystemExit):
+        notebooks.main(["run", "--scale", "smoke", "--timeout", bad, str(path)])
+    assert "must be a whole number of seconds, at least 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="timeout must be at least 1"):
+        run_notebook(path, "smoke", timeout=int(bad) if bad.lstrip("-").isdigit() else 0)

@@ -63,6 +63,41 @@ def test_get_device_rejects_unavailable_or_unknown(monkeypatch):
         runtime.get_device("tpu")
 
 
+@pytest.mark.parametrize("name", ["CPU", " Cpu ", "cpu", torch.device("cpu")])
+def test_get_device_reads_names_like_the_scale(monkeypatch, name):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.get_device(name) == torch.device("cpu")
+
+
+def test_get_device_is_case_insensitive_for_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(runtime, "_mps_available", lambda: True)
+    assert runtime.get_device(" Cuda ") == torch.device("cuda")
+    assert runtime.get_device("CUDA:1") == torch.device("cuda", 1)
+    assert runtime.get_device("MPS") == torch.device("mps")
+    with pytest.raises(RuntimeError, match="has 2 CUDA device"):
+        runtime.get_device("cuda:2")
+
+
+@pytest.mark.parametrize("name", ["tpu", "gpu", "", "meta", torch.device("meta")])
+def test_get_device_unknown_names_get_one_clear_error(name):
+    with pytest.raises(ValueError, match=r"Unknown device .*use 'cpu', 'cuda' or 'mps'"):
+        runtime.get_device(name)
+
+
+@pytest.mark.parametrize("bad", [0, 1.0, ["cpu"]])
+def test_get_device_rejects_values_that_are_not_names(bad):
+    with pytest.raises(TypeError, match="device name such as 'cpu'"):
+        runtime.get_device(bad)
+
+
+def test_autocast_accepts_names_in_any_case():
+    assert runtime.autocast_dtype("CPU") is None
+    with runtime.autocast(" Cpu "):
+        pass
+
+
 def test_seed_everything_repeats_all_generators():
     import random
 
@@ -79,10 +114,25 @@ def test_seed_everything_repeats_all_generators():
     assert draw() != first
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, "0", True])
-def test_seed_everything_rejects_bad_seeds(bad):
-    with pytest.raises(ValueError, match="non-negative int"):
+@pytest.mark.parametrize("bad", [1.5, "0", True, None])
+def test_seed_everything_rejects_seeds_that_are_not_integers(bad):
+    with pytest.raises(TypeError, match="seed must be an integer"):
         runtime.seed_everything(bad)
+
+
+@pytest.mark.parametrize("bad, message", [(-1, "at least 0"), (2**64, "at most 18446744073709551615")])
+def test_seed_everything_rejects_seeds_out_of_range(bad, message):
+    # 2**64 used to reach torch.manual_seed and fail there with "Overflow when unpacking long long"
+    with pytest.raises(ValueError, match=f"seed must be {message}"):
+        runtime.seed_everything(bad)
+
+
+def test_seed_everything_accepts_the_whole_range():
+    import numpy as np
+
+    assert runtime.seed_everything(runtime.SEED_MAX) == 2**64 - 1
+    assert runtime.seed_everything(np.int64(7)) == 7  # a NumPy integer is an integer
+    assert torch.initial_seed() == 7
 
 
 def test_autocast_is_a_no_op_on_cpu():
@@ -111,6 +161,28 @@ def test_run_dir_is_created_under_runs(tmp_path, monkeypatch):
 def test_run_dir_rejects_paths(bad):
     with pytest.raises(ValueError, match="plain folder name"):
         runtime.run_dir(bad)
+
+
+@pytest.mark.parametrize("bad", [5, None, b"runs"])
+def test_run_dir_rejects_names_that_are_not_str(bad):
+    with pytest.raises(TypeError, match="must be a str"):
+        runtime.run_dir(bad)
+
+
+def test_run_dir_says_when_a_file_is_in_the_way(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("LLMBOOK_RUN_DIR", str(tmp_path / "a_file"))
+    with pytest.raises(NotADirectoryError, match="a file is in the way"):
+        runtime.run_dir("x")
+    monkeypatch.setenv("LLMBOOK_RUN_DIR", str(tmp_path))
+    with pytest.raises(NotADirectoryError, match="a file is in the way"):
+        runtime.run_dir("a_file")
+
+
+@pytest.mark.parametrize("bad", [{}, "scale: cpu"])
+def test_format_report_rejects_what_is_not_a_report(bad):
+    with pytest.raises(ValueError, match="non-empty dict"):
+        runtime.format_report(bad)
 
 
 def test_environment_report_names_what_produced_outputs(monkeypatch):

@@ -130,3 +130,74 @@ def test_mean_pooling_classifier_ignores_padding_and_returns_loss():
     assert model(ids, mask).loss is None
     with pytest.raises(ValueError, match="num_labels"):
         MeanPoolingClassifier(encoder, num_labels=1)
+
+
+
+def test_make_loader_refuses_strings_as_flags(tokenizer):
+    ds = TextClassificationDataset(TEXTS, [1, 0, 2], tokenizer)
+    collate = PadCollator(tokenizer.pad_token_id)
+    with pytest.raises(TypeError, match="shuffle must be True or False"):
+        make_loader(ds, collate, shuffle="false")
+    with pytest.raises(TypeError, match="group_by_length must be True or False"):
+        make_loader(ds, collate, group_by_length="no")
+    with pytest.raises(ValueError, match="batch_size"):
+        make_loader(ds, collate, batch_size=0)
+
+
+def _tiny_encoder():
+    from transformers import BertConfig, BertModel
+
+    return BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=32))
+
+
+@pytest.fixture
+def recorded_loads(monkeypatch):
+    """Replace transformers' loader by one that records the path it was given (no file is read)."""
+    import transformers
+
+    paths = []
+
+    def fake_from_pretrained(path, **config):
+        paths.append(str(path))
+        return _tiny_encoder()
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as without a network, but the same on every machine
+    return paths
+
+
+def test_mean_pooling_from_pretrained_offline_uses_the_bundled_checkpoint(recorded_loads, capsys):
+    from llmbook.pretrained import bundled_checkpoint_path
+    from llmbook.textclf import MeanPoolingClassifier
+
+    model = MeanPoolingClassifier.from_pretrained("bert-base-uncased", num_labels=3)
+    # transformers never sees the hub name (which would retry downloads for ~50 s without a network)
+    assert recorded_loads == [str(bundled_checkpoint_path())]
+    assert model.classifier.out_features == 3
+    printed = capsys.readouterr().out
+    assert "bundled" in printed and "bert-base-uncased" in printed  # the substitution is announced
+    with pytest.raises(ValueError, match="num_labels"):
+        MeanPoolingClassifier.from_pretrained("bert-base-uncased", num_labels=1)
+    assert len(recorded_loads) == 1  # checked before loading anything
+
+
+def test_mean_pooling_from_pretrained_local_folder(tmp_path, monkeypatch, capsys):
+    from llmbook.textclf import MeanPoolingClassifier
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _tiny_encoder().save_pretrained(tmp_path / "encoder")
+    for path in (tmp_path / "encoder", str(tmp_path / "encoder")):
+        model = MeanPoolingClassifier.from_pretrained(path, num_labels=2, hidden_dropout_prob=0.0)
+        assert model.classifier.in_features == 16 and model.base_model.config.hidden_dropout_prob == 0.0
+    assert capsys.readouterr().out == ""  # a folder needs no announcement
+    with pytest.raises(ValueError, match="encodr"):  # a typo, never replaced by the bundled model
+        MeanPoolingClassifier.from_pretrained(str(tmp_path / "encodr"), num_labels=2)
+
+
+def test_mean_pooling_from_pretrained_loads_the_real_bundled_model(monkeypatch):
+    from llmbook.textclf import MeanPoolingClassifier
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = MeanPoolingClassifier.from_pretrained("bert-base-uncased", num_labels=3)
+    assert model.base_model.config.hidden_size == 384 and model.classifier.out_features == 3

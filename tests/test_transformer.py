@@ -329,3 +329,78 @@ def test_error_paths():
         greedy_decode(model, src, bos_id=BOS, eos_id=EOS, max_len=0)
     with pytest.raises(ValueError, match="non-empty"):
         greedy_decode(model, src[:, :0], bos_id=BOS, eos_id=EOS)
+
+
+# ------------------------------------------------------------------ hostile input (issue 22)
+
+
+class ConstantLogitsModel(nn.Module):
+    """A toy decoder whose next-token logits are always ``row``; counts its decode calls."""
+
+    def __init__(self, row: list[float], max_len: int | None = None) -> None:
+        super().__init__()
+        self.row, self.decode_calls = torch.tensor(row), 0
+        if max_len is not None:
+            self.max_len = max_len
+
+    def make_src_mask(self, src):
+        return (src != PAD)[:, None, None, :]
+
+    def encode(self, src, src_mask=None):
+        return torch.zeros(src.shape[0], src.shape[1], 4)
+
+    def decode(self, tgt, memory, src_mask):
+        self.decode_calls += 1
+        return self.row.expand(tgt.shape[0], tgt.shape[1], len(self.row)).clone()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, "all -inf"])
+def test_decoders_refuse_non_finite_logits(bad):
+    # All-NaN logits used to decode as token 0 (argmax of NaN), silently.
+    row = [-math.inf] * 5 if bad == "all -inf" else [bad] + [0.0] * 4
+    model = ConstantLogitsModel(row)
+    src = torch.tensor([[3, 4]])
+    for decode in (greedy_decode, beam_search):
+        with pytest.raises(ValueError, match="logits at decoding step 1 contain NaN or \\+inf"):
+            decode(model, src, bos_id=BOS, eos_id=EOS, max_len=5)
+    # -inf for some tokens is how a model rules them out: still fine.
+    model = ConstantLogitsModel([-math.inf, -math.inf, 0.0, -1.0, -math.inf])
+    assert greedy_decode(model, src, bos_id=BOS, eos_id=EOS, max_len=5) == [[]]
+    assert beam_search(model, src, bos_id=BOS, eos_id=EOS, max_len=5) == [[]]
+
+
+@pytest.mark.parametrize("decode", [greedy_decode, beam_search])
+def test_decoders_check_max_len_against_the_model_before_decoding(decode):
+    model = small_model()
+    src = random_ids(2, 4, 23, 0)
+    calls = []
+    model.decode = lambda *args: calls.append(1)  # any decoding step would be recorded
+    with pytest.raises(ValueError, match=r"max_len=41 is longer than the model's max_len=40.*max_len <= 40"):
+        decode(model, src, bos_id=BOS, eos_id=EOS, max_len=41)
+    assert calls == []
+    with pytest.raises(ValueError, match=r"eos_id=19 is outside the target vocabulary \[0, 19\)"):
+        decode(model, src, bos_id=BOS, eos_id=19)
+    with pytest.raises(ValueError, match="bos_id must be a non-negative int, got True"):
+        decode(model, src, bos_id=True, eos_id=EOS)
+    assert calls == []
+
+
+def test_decoders_default_max_len_stays_within_the_model():
+    # The default max_len (64) is capped at the model's own max_len, which used to fail at step 41.
+    model = ConstantLogitsModel([0.0, 0.0, 0.0, 1.0, 0.0], max_len=40)  # never <eos>: runs to max_len
+    src = torch.tensor([[3, 4]])
+    assert greedy_decode(model, src, bos_id=BOS, eos_id=EOS) == [[3] * 40]
+    assert beam_search(model, src, bos_id=BOS, eos_id=EOS, beam_size=1) == [[3] * 40]
+    assert greedy_decode(ConstantLogitsModel([0.0, 0.0, 0.0, 1.0, 0.0]), src, bos_id=BOS, eos_id=EOS) == [[3] * 64]
+
+
+def test_boolean_flags_refuse_strings():
+    with pytest.raises(TypeError, match="norm_first must be True or False, got 'false'"):
+        EncoderLayer(16, 2, 32, norm_first="false")
+    with pytest.raises(TypeError, match="norm_first must be True or False"):
+        DecoderLayer(16, 2, 32, norm_first="False")
+    with pytest.raises(TypeError, match="share_embeddings must be True or False"):
+        Seq2SeqTransformer(10, 10, d_model=16, num_heads=2, share_embeddings="no")
+    model = small_model()
+    with pytest.raises(TypeError, match="return_scores must be True or False, got 'false'"):
+        beam_search(model, random_ids(1, 4, 23, 0), bos_id=BOS, eos_id=EOS, return_scores="false")

@@ -89,3 +89,27 @@ def test_plot_history_bad_input():
         viz.plot_history(42)
     with pytest.raises(ValueError, match="no numeric columns"):
         viz.plot_history([{"step": 1, "note": "x"}])
+
+
+def test_confusion_matrix_refuses_class_ids_without_a_name():
+    # class 3 has no name: its examples must not silently vanish from the figure
+    with pytest.raises(ValueError, match=r"y_true holds class id 3, but labels names 3 classes \(ids 0..2\)"):
+        viz.plot_confusion_matrix([0, 1, 3], [0, 1, 2], labels=["x", "y", "z"])
+    with pytest.raises(ValueError, match="y_pred holds class id -100"):
+        viz.plot_confusion_matrix([0, 1], [0, -100], labels=["x", "y"])
+    with pytest.raises(TypeError, match="integer class ids"):
+        viz.plot_confusion_matrix([0.0, 1.0], [0, 1], labels=["x", "y"])
+    # booleans are classes 0 and 1
+    ax = viz.plot_confusion_matrix(np.array([True, False]), np.array([True, True]), labels=["no", "yes"])
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), [[0, 1], [0, 1]])
+
+
+def test_flags_refuse_strings():
+    # "false" is a true value in Python: it would switch the option on
+    with pytest.raises(TypeError, match="annotate must be True or False, got 'false'"):
+        viz.plot_heatmap(np.zeros((2, 2)), annotate="false")
+    with pytest.raises(TypeError, match="colorbar must be True or False"):
+        viz.plot_heatmap(np.zeros((2, 2)), colorbar="no")
+    with pytest.raises(TypeError, match="normalize must be True or False"):
+        viz.plot_confusion_matrix([0, 1], [1, 1], labels=["x", "y"], normalize="false")
+    assert len(viz.plot_heatmap(np.zeros((2, 2)), annotate=np.bool_(True)).texts) == 4
