@@ -16,6 +16,10 @@ One module per topic a chapter teaches:
 - :mod:`llmbook.train`       the book's transparent training loop (chapter 6)
 - :mod:`llmbook.textclf`     text-classification data: datasets, dynamic padding (chapter 6)
 - :mod:`llmbook.metrics`     perplexity, classification metrics, BLEU, ROUGE, bootstrap (chapter 7)
+- :mod:`llmbook.lora`        LoRA and adapters from scratch, merged back for serving (PEFT chapter)
+- :mod:`llmbook.parallel`    memory meters, checkpointing, tensor/pipeline parallelism (training at scale)
+- :mod:`llmbook.dist_train`  the DDP/FSDP training script run with torchrun (training at scale)
+- :mod:`llmbook.checks`      the argument checks every module shares (clear one-line errors)
 
 Importing ``llmbook`` itself is cheap; import the module you need.
 """

@@ -28,7 +28,9 @@ Conventions
   latter is the term in Kaplan et al.'s ``C_forward ≈ 2N + 2·n_layer·n_ctx·d_attn``.
 * **Training FLOPs** ≈ ``6·N·D``: 2 per parameter per token forward, 4 backward.
 * **Memory** follows the ZeRO paper's accounting for AdamW (bytes per parameter: fp32 4+4+8,
-  mixed precision 2+2+12, pure bf16 2+2+4) and Korthikanti et al.'s estimate for activations.
+  mixed precision 2+2+12, pure bf16 2+2+4) and Korthikanti et al.'s estimate for activations;
+  :func:`zero_memory_per_device` divides it across data-parallel devices by ZeRO stage (taught in
+  the training-at-scale chapter, ``notebooks/12_training_at_scale.ipynb``).
 """
 
 from __future__ import annotations
@@ -382,6 +384,50 @@ def training_memory(
     return mem
 
 
+ZERO_STAGES: dict[int, str] = {
+    0: "plain data parallelism (DDP): everything replicated",
+    1: "ZeRO-1: optimizer states sharded",
+    2: "ZeRO-2: optimizer states and gradients sharded",
+    3: "ZeRO-3 / FSDP: optimizer states, gradients and parameters sharded",
+}
+"""What each ZeRO stage shards across the data-parallel devices (taught in the training-at-scale chapter)."""
+
+
+def zero_memory_per_device(
+    model: TransformerConfig | int,
+    n_devices: int,
+    stage: int,
+    precision: str = "mixed",
+) -> dict[str, float]:
+    """Bytes of model state per device under ZeRO ``stage`` 0–3 on ``n_devices`` data-parallel devices.
+
+    ``model`` is a :class:`TransformerConfig` or a parameter count. Returns ``weights``,
+    ``gradients``, ``optimizer`` and ``total``, with the bytes per parameter of ``precision`` (see
+    :data:`PRECISIONS`): stage 0 replicates all three, stage 1 divides the optimizer states by
+    ``n_devices``, stage 2 also the gradients, stage 3 (FSDP) also the weights (Rajbhandari et al.,
+    2020: for mixed precision ``(2 + 2 + 12)·Ψ`` at stage 0 down to ``16·Ψ / N_d`` at stage 3).
+    Activations, buffers and the temporarily gathered parameters of stage 3 are not included.
+    Taught in the training-at-scale chapter.
+    """
+    n = model if isinstance(model, int) and not isinstance(model, bool) else parameter_count(_check_config(model))
+    _positive_int("n_params", n)
+    _positive_int("n_devices", n_devices)
+    if isinstance(stage, bool) or stage not in ZERO_STAGES:
+        raise ValueError(f"stage must be 0, 1, 2 or 3 (0 = no sharding), got {stage!r}")
+    w, g, o, _ = _precision(precision)
+
+    def per_device(bytes_per_param: int, sharded: bool) -> float:
+        return n * bytes_per_param / (n_devices if sharded else 1)
+
+    mem = {
+        "weights": per_device(w, stage >= 3),
+        "gradients": per_device(g, stage >= 2),
+        "optimizer": per_device(o, stage >= 1),
+    }
+    mem["total"] = sum(mem.values())
+    return mem
+
+
 # ----------------------------------------------------------------------------------------------
 # Hardware: datasheet figures, CPU peak estimate, timing
 # ----------------------------------------------------------------------------------------------
@@ -538,4 +584,6 @@ __all__ = [
     "time_interleaved",
     "training_flops",
     "training_memory",
+    "ZERO_STAGES",
+    "zero_memory_per_device",
 ]

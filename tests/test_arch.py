@@ -206,3 +206,41 @@ def test_time_interleaved_runs_each_function_and_validates():
         arch.time_interleaved({"x": 3})
     with pytest.raises(ValueError):
         arch.time_interleaved({"a": bump("a")}, repeats=0)
+
+
+def test_zero_memory_per_device_matches_the_zero_paper():
+    # Rajbhandari et al. (2020), Figure 1: a 7.5B model on 64 GPUs with mixed-precision Adam (K = 12).
+    totals = [arch.zero_memory_per_device(7_500_000_000, 64, stage)["total"] / 1e9 for stage in range(4)]
+    assert totals == pytest.approx([120.0, 31.4, 16.6, 1.9], abs=0.05)
+    stage3 = arch.zero_memory_per_device(7_500_000_000, 64, 3)
+    assert stage3["weights"] == stage3["gradients"] == 2 * 7.5e9 / 64
+    assert stage3["optimizer"] == 12 * 7.5e9 / 64
+
+
+def test_zero_stage_0_is_training_memory_and_stage_3_divides_everything():
+    cfg = TransformerConfig(vocab_size=1000, context_length=64, d_model=64, n_layers=2, n_heads=4)
+    for precision in arch.PRECISIONS:
+        plain = arch.training_memory(cfg, 1, precision=precision)
+        stage0 = arch.zero_memory_per_device(cfg, 8, 0, precision)
+        assert {k: stage0[k] for k in ("weights", "gradients", "optimizer")} == {
+            k: plain[k] for k in ("weights", "gradients", "optimizer")}
+        assert arch.zero_memory_per_device(cfg, 8, 3, precision)["total"] == pytest.approx(stage0["total"] / 8)
+    one = arch.zero_memory_per_device(arch.parameter_count(cfg), 1, 3)
+    assert one == arch.zero_memory_per_device(cfg, 1, 0)  # one device: nothing to shard
+    stages = [arch.zero_memory_per_device(cfg, 4, s)["total"] for s in range(4)]
+    assert stages == sorted(stages, reverse=True) and set(arch.ZERO_STAGES) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(stage=4), ValueError, "stage must be 0, 1, 2 or 3"),
+    (dict(stage=True), ValueError, "stage must be"),
+    (dict(n_devices=0), ValueError, "n_devices must be positive"),
+    (dict(n_devices=2.0), TypeError, "n_devices must be an int"),
+    (dict(precision="fp8"), ValueError, "precision must be one of"),
+    (dict(model=0), ValueError, "n_params must be positive"),
+    (dict(model="7B"), TypeError, "expected a TransformerConfig"),
+])
+def test_zero_memory_per_device_rejects_bad_arguments(kwargs, error, match):
+    args = {"model": 7_000_000_000, "n_devices": 8, "stage": 1, **kwargs}
+    with pytest.raises(error, match=match):
+        arch.zero_memory_per_device(args["model"], args["n_devices"], args["stage"], args.get("precision", "mixed"))
