@@ -50,22 +50,13 @@ from llmbook.parallel import (
     distributed_env,
     model_state_bytes,
     peak_rss_bytes,
+    positive_int_arg,
     shown_path,
     write_atomic,
 )
 
 MODES = ("single", "ddp", "fsdp")
 PROG = "llmbook.dist_train"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -93,24 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--mode", choices=MODES, default="single",
                         help="single: one process; ddp: DistributedDataParallel; fsdp: fully_shard (default single)")
-    parser.add_argument("--steps", type=_positive_int, default=20, help="optimizer steps (default 20)")
+    parser.add_argument("--steps", type=positive_int_arg, default=20, help="optimizer steps (default 20)")
     parser.add_argument("--warmup-steps", type=int, default=2,
                         help="first steps left out of the throughput measurement (default 2)")
-    parser.add_argument("--batch-size", type=_positive_int, default=8,
+    parser.add_argument("--batch-size", type=positive_int_arg, default=8,
                         help="windows per process and step; the global batch is processes x this (default 8)")
-    parser.add_argument("--block-size", type=_positive_int, default=64, help="tokens per window (default 64)")
-    parser.add_argument("--n-layer", type=_positive_int, default=4, help="Transformer blocks (default 4)")
-    parser.add_argument("--n-head", type=_positive_int, default=4, help="attention heads (default 4)")
-    parser.add_argument("--n-embd", type=_positive_int, default=128, help="model width (default 128)")
+    parser.add_argument("--block-size", type=positive_int_arg, default=64, help="tokens per window (default 64)")
+    parser.add_argument("--n-layer", type=positive_int_arg, default=4, help="Transformer blocks (default 4)")
+    parser.add_argument("--n-head", type=positive_int_arg, default=4, help="attention heads (default 4)")
+    parser.add_argument("--n-embd", type=positive_int_arg, default=128, help="model width (default 128)")
     parser.add_argument("--lr", type=_non_negative_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     parser.add_argument("--grad-clip", type=_non_negative_float, default=1.0,
                         help="clip the gradient norm to this; 0 turns clipping off (default 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the batches (default 0)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int_arg, default=None,
                         help="torch threads per process (default: as set by OMP_NUM_THREADS; torchrun sets 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cpu (gloo) or cuda (nccl, one GPU per process) (default cpu)")
-    parser.add_argument("--log-every", type=_positive_int, default=10, help="print the loss every N steps (default 10)")
+    parser.add_argument("--log-every", type=positive_int_arg, default=10, help="print the loss every N steps (default 10)")
     parser.add_argument("--out", default=None,
                         help="folder name under the run folder for result.json and params.pt (default dist_train_MODE)")
     return parser

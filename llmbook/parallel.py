@@ -733,9 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "      -m llmbook.parallel --d-model 32\n\n"
                     "Results go to <run folder>/<--out>/result.json (run folder: ./runs or $LLMBOOK_RUN_DIR).",
     )
-    parser.add_argument("--batch", type=_positive_int, default=4, help="sequences in the input (default 4)")
-    parser.add_argument("--seq-len", type=_positive_int, default=8, help="positions per sequence (default 8)")
-    parser.add_argument("--d-model", type=_positive_int, default=32,
+    parser.add_argument("--batch", type=positive_int_arg, default=4, help="sequences in the input (default 4)")
+    parser.add_argument("--seq-len", type=positive_int_arg, default=8, help="positions per sequence (default 8)")
+    parser.add_argument("--d-model", type=positive_int_arg, default=32,
                         help="model width; the hidden layer is 4x (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the input (default 0)")
     parser.add_argument("--out", default="tensor_parallel",
@@ -743,7 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
+def positive_int_arg(text: str) -> int:
+    """An argparse ``type`` for options that must be positive integers (shared with ``llmbook.dist_train``)."""
     try:
         value = int(text)
     except ValueError:
