@@ -19,6 +19,8 @@ One module per topic a chapter teaches:
 - :mod:`llmbook.lora`        LoRA and adapters from scratch, merged back for serving (PEFT chapter)
 - :mod:`llmbook.parallel`    memory meters, checkpointing, tensor/pipeline parallelism (training at scale)
 - :mod:`llmbook.dist_train`  the DDP/FSDP training script run with torchrun (training at scale)
+- :mod:`llmbook.retrieval`   exact embedding search, nearest centroids, contrastive fine-tuning (customer service)
+- :mod:`llmbook.assistant`   temperature scaling, handoff thresholds, the customer-service assistant (customer service)
 - :mod:`llmbook.checks`      the argument checks every module shares (clear one-line errors)
 
 Importing ``llmbook`` itself is cheap; import the module you need.

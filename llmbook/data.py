@@ -2,7 +2,7 @@
 
 Taught in the getting-started chapter; every chapter that trains or evaluates loads its data here.
 
-Seven small, real, permissively licensed data sets travel inside the package (``llmbook/datasets``,
+Small, real, openly licensed data sets travel inside the package (``llmbook/datasets``,
 xz-compressed, about 6 MB), so a fresh clone runs with no network. Every file is checked against
 the SHA-256 of the original upstream file before it is parsed, so a truncated or altered copy is
 caught with a message that names the file, instead of producing silently wrong numbers.
@@ -245,6 +245,44 @@ DATASETS: dict[str, DatasetInfo] = {
                 "a random 80/10/10 split of the ratings (seed 0)."
             ),
         ),
+        DatasetInfo(
+            name="bitext_customer_support",
+            description=(
+                "4,514 customer-support questions (e-commerce: orders, refunds, accounts) with their intent "
+                "and a full agent response: question -> best answer pairs."
+            ),
+            task="retrieval of answers to customer questions; intent classification (27 intents)",
+            splits=("all", "train", "test"),
+            columns={
+                "text": "the customer's question (str)",
+                "intent": "one of 27 intents, e.g. 'cancel_order' (str)",
+                "category": "one of 11 categories, e.g. 'ORDER' (str)",
+                "response": "the agent's answer; contains {{placeholders}} such as {{Website Name}} (str)",
+                "group": "near-duplicate group id (int): questions whose word TF-IDF cosine is >= 0.8, "
+                "joined transitively; train and test never share a group",
+            },
+            license="CDLA-Sharing-1.0 (share-alike: published data derived from it must keep this licence)",
+            citation=(
+                "Bitext Innovations (2023). Bitext Customer Support LLM Chatbot Training Dataset (4,514-row "
+                "training sample). github.com/bitext/customer-support-llm-chatbot-training-dataset"
+            ),
+            source=(
+                "https://github.com/bitext/customer-support-llm-chatbot-training-dataset "
+                "(data/train/Bitext_Sample_Customer_Support_Training_Dataset.csv at commit 8b6ca3d9)"
+            ),
+            files={
+                "Bitext_Sample_Customer_Support_Training_Dataset.csv.xz": (
+                    "079b0cec48d34c319c9877b6d178390bf7187a7f7a604958e0ed5a096bba5af6"
+                ),
+                "LICENSE.txt": "f6054388eae4947a769ca2020c54e6d394eb01c41d58db55bb6cfd24ce71cdd8",
+                "PROVENANCE.md": "8a63e2d1fd80718c5a6f65feedfe5134f6c1acfbcf666e4592a7a9b9788b0e48",
+            },
+            notes=(
+                "The texts are template-expanded (hybrid synthetic), so many questions are near-copies of "
+                "each other. train/test is a split by near-duplicate group: a seeded 20% of the groups "
+                "(seed 0) goes to test, so no test question has a near-copy in train."
+            ),
+        ),
     ]
 }
 
@@ -445,6 +483,28 @@ def _load_goodbooks(split: str) -> pd.DataFrame:
     return ratings.iloc[np.sort(chosen)].reset_index(drop=True)
 
 
+BITEXT_NEAR_DUPLICATE_THRESHOLD = 0.8
+"""Word TF-IDF cosine at or above which two Bitext questions count as near-duplicates (same group)."""
+
+
+def _load_bitext(split: str) -> pd.DataFrame:
+    from llmbook.retrieval import near_duplicate_groups
+
+    frame = _read_csv(
+        "bitext_customer_support", "Bitext_Sample_Customer_Support_Training_Dataset.csv.xz",
+        dtype=str, keep_default_na=False,
+    )
+    frame = frame.rename(columns={"instruction": "text"})
+    frame["group"] = near_duplicate_groups(frame["text"].tolist(), BITEXT_NEAR_DUPLICATE_THRESHOLD)
+    frame = frame[["text", "intent", "category", "response", "group"]]
+    if split == "all":
+        return frame
+    # Whole groups go to test, so that no test question has a near-copy among the training questions.
+    test_groups = np.random.default_rng(SPLIT_SEED).random(int(frame["group"].max()) + 1) < 0.2
+    in_test = test_groups[frame["group"].to_numpy()]
+    return frame[in_test if split == "test" else ~in_test].reset_index(drop=True)
+
+
 _LOADERS: dict[str, Callable[[str], pd.DataFrame | str]] = {
     "banking77": _load_banking77,
     "twitter_financial_news_sentiment": _load_twitter,
@@ -453,6 +513,7 @@ _LOADERS: dict[str, Callable[[str], pd.DataFrame | str]] = {
     "tatoeba_fra_eng": _load_tatoeba,
     "scitldr": _load_scitldr,
     "goodbooks_10k": _load_goodbooks,
+    "bitext_customer_support": _load_bitext,
 }
 
 
@@ -467,6 +528,75 @@ def load_dataset(name: str, split: str = "train") -> pd.DataFrame | str:
     if not isinstance(split, str) or split not in info.splits:
         raise ValueError(f"{name} has no split {split!r}; choose one of {', '.join(info.splits)}.")
     return _LOADERS[name](split)
+
+
+# Data written for this book (the customer-service chapter's reply templates, help articles and
+# questions). It has no upstream copy, so pack_shared_data never touches it; it ships uncompressed, as
+# the book's source, and is checked against these checksums like every other file.
+BOOK_DATA: dict[str, dict[str, str]] = {
+    "customer_service": {
+        "reply_templates.json": "bc5ec483fa578103d09b4399b43c6e645a71d3109bd9ed98afb4b8225bfd03c3",
+        "help_articles.json": "871743f4b2194a8e93fe27925614deb9d7b044b0b1e7c1d1d96f093855a8e546",
+        "article_questions.csv": "4ae746f5c3b4004f259d57d8d89fab0e3c8023cfa51efee19b7474021795ddb5",
+        "README.md": "f86d8fd4d492d8491884310444363f628e1566865085e80c31ebb095763738af",
+    },
+}
+"""Folders of ``llmbook/datasets`` written for this book: file name -> SHA-256 of the shipped file."""
+
+CUSTOMER_SERVICE_PARTS = ("templates", "placeholders", "articles", "questions")
+
+
+def read_book_data(folder: str, filename: str) -> bytes:
+    """The bytes of a file written for this book (see :data:`BOOK_DATA`), after checking its SHA-256.
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`DataChecksumError` for an altered one;
+    the message names the file. After editing such a file on purpose, update its checksum in
+    :data:`BOOK_DATA`.
+    """
+    if folder not in BOOK_DATA:
+        raise ValueError(f"no data written for this book is called {folder!r}; there is {', '.join(BOOK_DATA)}")
+    if not isinstance(filename, str) or filename not in BOOK_DATA[folder]:
+        raise ValueError(f"{folder} has no file {filename!r}; its files are {', '.join(BOOK_DATA[folder])}.")
+    path = _package_file(folder, filename)
+    shown = f"llmbook/datasets/{folder}/{filename}"
+    if not path.is_file():
+        raise FileNotFoundError(f"Data file {shown} is missing. {_REINSTALL_HINT}")
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != BOOK_DATA[folder][filename]:
+        raise DataChecksumError(
+            f"Data file {shown} does not match its checksum (sha256 {digest[:12]}..., expected "
+            f"{BOOK_DATA[folder][filename][:12]}...): it was altered or truncated. If you edited it on "
+            f"purpose, put the new checksum in llmbook.data.BOOK_DATA; otherwise {_REINSTALL_HINT}"
+        )
+    return raw
+
+
+def load_customer_service(part: str) -> dict[str, str] | pd.DataFrame:
+    """The customer-service data written for this book (taught in ``notebooks/09_customer_service.ipynb``).
+
+    - ``"templates"``: a dict intent -> reply template, one per Banking77 intent, in label order;
+      ``{placeholders}`` mark the details a real bank fills in.
+    - ``"placeholders"``: a DataFrame ``name, meaning, example`` of those placeholders.
+    - ``"articles"``: a DataFrame ``id, title, intents, body`` of help articles (``intents``: the
+      Banking77 intents an article answers, a list of str; each intent has exactly one article).
+    - ``"questions"``: a DataFrame ``question, article_id, split`` of customer questions labelled with
+      the article that answers them; ``split`` is ``validation`` or ``test``.
+    """
+    if part not in CUSTOMER_SERVICE_PARTS:
+        raise ValueError(f"part must be one of {', '.join(CUSTOMER_SERVICE_PARTS)}; got {part!r}")
+    if part in ("templates", "placeholders"):
+        data = json.loads(read_book_data("customer_service", "reply_templates.json").decode("utf-8"))
+        if part == "templates":
+            return dict(data["replies"])
+        return pd.DataFrame(
+            [{"name": name, "meaning": d["meaning"], "example": d["example"]} for name, d in data["placeholders"].items()]
+        )
+    if part == "articles":
+        data = json.loads(read_book_data("customer_service", "help_articles.json").decode("utf-8"))
+        return pd.DataFrame(data["articles"], columns=["id", "title", "intents", "body"])
+    raw = read_book_data("customer_service", "article_questions.csv")
+    return pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False)
 
 
 def _write_bytes_atomically(path: Path, payload: bytes) -> None:

@@ -1140,3 +1140,86 @@ def paired_bootstrap(
     return PairedBootstrapResult(
         delta, float(low), float(high), float(p_value), float(np.mean(deltas > 0)), confidence
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Ranking: Recall@k and mean reciprocal rank (retrieval, customer-service chapter)
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_ranking(ranked: object, relevant: object) -> tuple[list[list], list[set]]:
+    """``ranked`` as one list of retrieved ids per query and ``relevant`` as one non-empty set per query.
+
+    An entry of ``relevant`` that is a list, tuple, set or array is that query's set of relevant ids;
+    anything else (an int, a str) is its single relevant id, so string ids are never split into
+    characters.
+    """
+    if isinstance(ranked, (str, bytes)) or not (_is_collection(ranked) or isinstance(ranked, np.ndarray)):
+        raise TypeError(
+            "ranked must hold one list of retrieved ids per query (a 2-D array or a list of lists), "
+            f"got {type(ranked).__name__}"
+        )
+    rows = [list(row.tolist() if isinstance(row, np.ndarray) else row) if _is_list_like(row) else None for row in ranked]
+    if not rows:
+        raise ValueError("ranked is empty: there are no queries to score")
+    bad = next((i for i, row in enumerate(rows) if row is None), None)
+    if bad is not None:
+        raise TypeError(
+            f"ranked[{bad}] is {type(list(ranked)[bad]).__name__}, not a list of retrieved ids: ranked must be "
+            "2-D (one row of ids per query); wrap a single query's list as [ids]"
+        )
+    if isinstance(relevant, (str, bytes)) or not (_is_collection(relevant) or isinstance(relevant, np.ndarray)):
+        raise TypeError(f"relevant must hold one entry per query, got {type(relevant).__name__}")
+    relevant = list(relevant.tolist() if isinstance(relevant, np.ndarray) and relevant.ndim == 1 else relevant)
+    if len(relevant) != len(rows):
+        raise ValueError(f"ranked has {len(rows)} queries but relevant has {len(relevant)} entries")
+    sets = []
+    for i, entry in enumerate(relevant):
+        chosen = set(entry.tolist() if isinstance(entry, np.ndarray) else entry) if _is_list_like(entry) else {entry}
+        if not chosen:
+            raise ValueError(f"relevant[{i}] is empty: every query needs at least one relevant id to be scored")
+        sets.append(chosen)
+    return rows, sets
+
+
+def _is_list_like(value: object) -> bool:
+    return isinstance(value, (list, tuple, set, frozenset)) or (isinstance(value, np.ndarray) and value.ndim == 1)
+
+
+def recall_at_k(ranked: object, relevant: object, k: int) -> float:
+    """Recall@k: the share of each query's relevant ids found among its first ``k`` retrieved ids, averaged.
+
+    ``ranked[i]`` lists the ids retrieved for query ``i``, best first (a row of a 2-D array, or a
+    list); ids may repeat, e.g. when they are the labels of the retrieved items. ``relevant[i]`` is
+    query ``i``'s relevant id, or a collection of them. With one relevant id per query — the usual
+    case in question answering, and what the customer-service chapter scores — Recall@k is the share
+    of queries whose answer is among the first ``k`` results (DPR's "top-k accuracy"), and it equals
+    ``sklearn.metrics.top_k_accuracy_score`` on the scores that produced the ranking. ``k`` larger
+    than a row's length is refused: the ranking does not say what lies beyond it.
+    """
+    rows, sets = _check_ranking(ranked, relevant)
+    k = require_int("k", k, minimum=1)
+    short = next((i for i, row in enumerate(rows) if len(row) < k), None)
+    if short is not None:
+        raise ValueError(
+            f"k={k} but ranked[{short}] lists only {len(rows[short])} ids: retrieve at least k results per query"
+        )
+    return float(np.mean([len(rel & set(row[:k])) / len(rel) for row, rel in zip(rows, sets)]))
+
+
+def mean_reciprocal_rank(ranked: object, relevant: object) -> float:
+    """MRR: the mean over queries of ``1 / rank`` of the first relevant id in ``ranked[i]`` (0 if none is listed).
+
+    Same inputs as :func:`recall_at_k`. Ranks start at 1, so MRR is 1 when every query's first
+    result is relevant. With one relevant id per query and the full ranking, it equals
+    ``sklearn.metrics.label_ranking_average_precision_score``.
+    """
+    rows, sets = _check_ranking(ranked, relevant)
+    reciprocal = []
+    for row, rel in zip(rows, sets):
+        rank = next((position for position, item in enumerate(row, start=1) if item in rel), None)
+        reciprocal.append(0.0 if rank is None else 1.0 / rank)
+    return float(np.mean(reciprocal))
+
+
+__all__ += ["recall_at_k", "mean_reciprocal_rank"]

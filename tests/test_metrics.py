@@ -775,3 +775,56 @@ def test_bootstrap_rejects_a_statistic_that_is_not_finite():
         bootstrap_ci(data, signal_to_noise, n_resamples=200)
     with pytest.raises(ValueError, match="NaN or infinite on"):
         paired_bootstrap(data, data[::-1].copy(), signal_to_noise, n_resamples=200)
+
+
+# ---------------------------------------------------------------------------------------- ranking
+
+
+def test_recall_at_k_and_mrr_by_hand():
+    from llmbook.metrics import mean_reciprocal_rank, recall_at_k
+
+    ranked = [["a", "b", "c"], ["c", "a", "b"], ["b", "c", "d"]]
+    relevant = ["a", "a", "a"]  # found at ranks 1, 2 and never
+    assert recall_at_k(ranked, relevant, 1) == pytest.approx(1 / 3)
+    assert recall_at_k(ranked, relevant, 2) == pytest.approx(2 / 3)
+    assert mean_reciprocal_rank(ranked, relevant) == pytest.approx((1 + 1 / 2 + 0) / 3)
+    # Several relevant ids: the share of them found in the top k.
+    assert recall_at_k([[1, 2, 3, 4]], [{2, 4, 9}], 2) == pytest.approx(1 / 3)
+    assert mean_reciprocal_rank([[1, 2, 3, 4]], [{4, 3}]) == pytest.approx(1 / 3)
+    # Repeated ids (labels of the retrieved items) count once; string ids are never split into letters.
+    assert recall_at_k([["ab", "ab", "c"]], ["ab"], 1) == 1.0
+    assert recall_at_k(np.array([[3, 3, 1]]), np.array([1]), 2) == 0.0
+
+
+def test_ranking_metrics_match_sklearn():
+    from sklearn.metrics import label_ranking_average_precision_score, top_k_accuracy_score
+
+    from llmbook.metrics import mean_reciprocal_rank, recall_at_k
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(200, 12))
+    truth = rng.integers(0, 12, 200)
+    ranked = np.argsort(-scores, axis=1)
+    for k in (1, 3, 5):
+        assert recall_at_k(ranked, truth, k) == pytest.approx(top_k_accuracy_score(truth, scores, k=k, labels=range(12)))
+    indicator = np.eye(12, dtype=int)[truth]
+    assert mean_reciprocal_rank(ranked, truth) == pytest.approx(label_ranking_average_precision_score(indicator, scores))
+
+
+def test_ranking_metrics_errors():
+    from llmbook.metrics import mean_reciprocal_rank, recall_at_k
+
+    with pytest.raises(ValueError, match=r"k=3 but ranked\[0\] lists only 2 ids"):
+        recall_at_k([[1, 2]], [1], 3)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        recall_at_k([[1, 2]], [1], 0)
+    with pytest.raises(ValueError, match="2 queries but relevant has 1"):
+        mean_reciprocal_rank([[1], [2]], [1])
+    with pytest.raises(ValueError, match=r"relevant\[0\] is empty"):
+        recall_at_k([[1, 2]], [set()], 1)
+    with pytest.raises(TypeError, match=r"ranked\[0\] is int"):
+        recall_at_k([1, 2, 3], [1, 2, 3], 1)
+    with pytest.raises(ValueError, match="ranked is empty"):
+        mean_reciprocal_rank([], [])
+    with pytest.raises(TypeError, match="ranked must hold one list"):
+        mean_reciprocal_rank("abc", ["a"])
