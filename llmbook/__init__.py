@@ -21,6 +21,12 @@ One module per topic a chapter teaches:
 - :mod:`llmbook.dist_train`  the DDP/FSDP training script run with torchrun (training at scale)
 - :mod:`llmbook.retrieval`   exact embedding search, nearest centroids, contrastive fine-tuning (customer service)
 - :mod:`llmbook.assistant`   temperature scaling, handoff thresholds, the customer-service assistant (customer service)
+- :mod:`llmbook.monitor`     sentiment index per topic, z-score and CUSUM alerts, a stream simulator (finance monitoring)
+- :mod:`llmbook.dapt`        domain-adaptive MLM pretraining with the book's loop (finance monitoring)
+- :mod:`llmbook.recsys`      implicit feedback, per-user splits, CF/BPR baselines, two towers, cross-encoder (recommendation)
+- :mod:`llmbook.compress`    pruning, head pruning, int8 quantisation, ONNX Runtime, distillation, timing (deployment)
+- :mod:`llmbook.serve`       the secured FastAPI service, micro-batcher, PII masking, load tester (deployment)
+- :mod:`llmbook.serve_ray`   the same model as a Ray Serve deployment with autoscaling (deployment)
 - :mod:`llmbook.checks`      the argument checks every module shares (clear one-line errors)
 
 Importing ``llmbook`` itself is cheap; import the module you need.

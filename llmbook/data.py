@@ -218,13 +218,17 @@ DATASETS: dict[str, DatasetInfo] = {
                 "by a random 5% of users (2,672 users)."
             ),
             task="recommendation",
-            splits=("books", "ratings", "train", "validation", "test"),
+            splits=("books", "ratings", "train", "validation", "test", "tags", "book_tags"),
             columns={
                 "books: book_id": "1-10000, the key ratings refer to (int)",
                 "books: title, original_title, authors, original_publication_year, language_code, ...": (
                     "the 23 columns of goodbooks-10k books.csv; image URLs must not be fetched offline"
                 ),
                 "ratings/train/validation/test: user_id, book_id, rating": "rating is 1-5 stars (int)",
+                "tags: tag_id, tag_name": "the 34,252 Goodreads shelf names users gave books (raw, e.g. 'to-read')",
+                "book_tags: book_id, goodreads_book_id, tag_id, tag_name, count": (
+                    "each book's 25 most-used shelves, most used first (count: users who shelved it so)"
+                ),
             },
             license="CC BY-SA 4.0 (share-alike: derived data must keep this licence)",
             citation=(
@@ -239,10 +243,17 @@ DATASETS: dict[str, DatasetInfo] = {
                 "books.csv.xz": "4d21d0e0433128657c752e3a3d0405ac0ec11675d6c70c64cb0abf4ab1acb76a",
                 "ratings_sample_5pct_users.csv.xz": "43cadb63be762b025fda90a6bcd5fd1e03858ca7b1e3b9b90056f7569db3f4d8",
                 "LICENSE": "1a459ea0f6e7f28d4eba7df0ddace58e0874e53dad4f787e0d206fdbf602147d",
+                # User tags (recommendation chapter): tags.csv unchanged; book_tags_top25.csv = the first
+                # 25 rows per book of upstream book_tags.csv (sorted by count); see PROVENANCE_tags.md.
+                "tags.csv.xz": "87f316957564fa21c316a4f50afc87f07906f478f990eec027aaca00c536c449",
+                "book_tags_top25.csv.xz": "0292c96b97c7d691ddc713376616c1f6070fd8646dec0cb34764334a3986583a",
+                "PROVENANCE_tags.md": "d774aa7518c1594c7bf28715753f93448b4c2a91ce608fb418e9abdaf18fac9a",
             },
             notes=(
                 "split='books' gives the books table, 'ratings' all ratings, and train/validation/test "
-                "a random 80/10/10 split of the ratings (seed 0)."
+                "a random 80/10/10 split of the ratings (seed 0). 'tags' and 'book_tags' are the users' "
+                "shelf names and each book's 25 most-used ones (raw: generic shelves such as to-read, "
+                "owned or favorites included)."
             ),
         ),
         DatasetInfo(
@@ -470,6 +481,16 @@ def _load_scitldr(split: str) -> pd.DataFrame:
 def _load_goodbooks(split: str) -> pd.DataFrame:
     if split == "books":
         return _read_csv("goodbooks_10k", "books.csv.xz")
+    if split in ("tags", "book_tags"):
+        tags = _read_csv("goodbooks_10k", "tags.csv.xz", keep_default_na=False)  # a tag may be named "null"
+        if split == "tags":
+            return tags
+        book_tags = _read_csv("goodbooks_10k", "book_tags_top25.csv.xz")
+        # Tags are keyed by Goodreads' book id; ratings by book_id 1-10000: join through books.csv.
+        ids = _read_csv("goodbooks_10k", "books.csv.xz", usecols=["book_id", "goodreads_book_id"])
+        joined = book_tags.merge(ids, on="goodreads_book_id", how="left", validate="many_to_one")
+        joined = joined.merge(tags, on="tag_id", how="left", validate="many_to_one")
+        return joined[["book_id", "goodreads_book_id", "tag_id", "tag_name", "count"]]
     ratings = _read_csv("goodbooks_10k", "ratings_sample_5pct_users.csv.xz")
     if split == "ratings":
         return ratings
@@ -659,6 +680,56 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"packed {len(files)} files into llmbook/datasets")
     return 0
+
+
+# The finance-monitoring chapter's topic set (notebooks/10_finance_monitoring.ipynb).
+DATASETS["twitter_financial_news_topic"] = DatasetInfo(
+    name="twitter_financial_news_topic",
+    description="English finance-news tweets labelled with one of 20 topics (e.g. Earnings, Fed, IPO).",
+    task="topic classification",
+    splits=("train", "validation", "test"),
+    columns={
+        "text": "the tweet, with its t.co links and HTML entities such as &amp; (str)",
+        "label": "topic id, 0-19 (int), the line number in classes.txt",
+        "label_name": "topic name, e.g. 'Gold | Metals | Materials' (str)",
+    },
+    license="MIT (per the dataset card)",
+    citation=(
+        "zeroshot (2022). Twitter Financial News Topic, v1.0.0. "
+        "huggingface.co/datasets/zeroshot/twitter-financial-news-topic"
+    ),
+    source="https://huggingface.co/datasets/zeroshot/twitter-financial-news-topic",
+    files={
+        "topic_train.csv.xz": "63b9ea8183728dd5ddc6a57289341556509ddc0a8d037616519319a316b54490",
+        "topic_valid.csv.xz": "67396d6cd4a21c3755de783f20fb5842f12ae8edb9367eed5d2644dd85ca9243",
+        "classes.txt": "f1e634f8417de536a807d4c6dc77fd13c35dbe96124d990cd0e8bf46a9172821",
+        "LICENSE.txt": "f906882dc33b9fe57846a1a1610f5b610de83bb5a8decb6ae3a77c7b6641a1f7",
+        "PROVENANCE.md": "1fc785109e10e717fc556ae1cd0517873b2660f5830bde8277bf1ce6500f19c6",
+    },
+    notes=(
+        "validation is a stratified 10% of the original train split (seed 0); test is the original "
+        "'validation' split (4,117 tweets), which the book never tunes on. Rare topics: IPO has 44 "
+        "original training tweets, Gold | Metals | Materials 69."
+    ),
+)
+
+
+def finance_topic_names() -> list[str]:
+    """The 20 topic names of ``twitter_financial_news_topic`` in label order (from ``classes.txt``)."""
+    return [line for line in _read_text("twitter_financial_news_topic", "classes.txt").splitlines() if line.strip()]
+
+
+def _load_finance_topic(split: str) -> pd.DataFrame:
+    source = "topic_valid.csv.xz" if split == "test" else "topic_train.csv.xz"
+    frame = _read_csv("twitter_financial_news_topic", source, keep_default_na=False)
+    names = finance_topic_names()
+    frame["label"] = frame["label"].astype(int)
+    frame["label_name"] = frame["label"].map(dict(enumerate(names)))
+    frame = frame[["text", "label", "label_name"]]
+    return frame if split == "test" else _carve_validation(frame, split)
+
+
+_LOADERS["twitter_financial_news_topic"] = _load_finance_topic
 
 
 if __name__ == "__main__":

@@ -1223,3 +1223,61 @@ def mean_reciprocal_rank(ranked: object, relevant: object) -> float:
 
 
 __all__ += ["recall_at_k", "mean_reciprocal_rank"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Ranking: NDCG@k and hit rate (recommendation chapter); reuse _check_ranking of Recall@k and MRR
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_unique_rankings(rows: list[list], k: int) -> None:
+    """Refuse a ranking that lists an id twice or is shorter than ``k`` (one clear error naming the row)."""
+    for i, row in enumerate(rows):
+        if len(row) < k:
+            raise ValueError(f"k={k} but ranked[{i}] lists only {len(row)} ids: retrieve at least k results per query")
+        if len(set(row)) != len(row):
+            seen: set = set()
+            repeated = next(item for item in row if item in seen or seen.add(item))
+            raise ValueError(
+                f"ranked[{i}] lists id {repeated!r} more than once: a ranking of items names each item once "
+                "(drop the repeats, keeping the first)"
+            )
+
+
+def ndcg_at_k(ranked: object, relevant: object, k: int) -> float:
+    """NDCG@k with binary relevance, averaged over queries.
+
+    For query ``i``, DCG@k sums ``1 / log2(rank + 1)`` over the relevant ids among the first ``k``
+    of ``ranked[i]`` (rank 1 is the first); it is divided by the best possible DCG@k, that of a
+    ranking that lists ``min(k, len(relevant[i]))`` relevant ids first, so every query scores in
+    [0, 1]. Same inputs as :func:`recall_at_k`; a ranking that lists an id twice, ``k < 1``, or
+    ``k`` longer than a ranking are errors. On a ranking of every candidate it equals
+    ``sklearn.metrics.ndcg_score(y_true, y_score, k=k)`` with 0/1 ``y_true`` and untied scores.
+    Taught in the recommendation chapter.
+    """
+    rows, sets = _check_ranking(ranked, relevant)
+    k = require_int("k", k, minimum=1)
+    _check_unique_rankings(rows, k)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    values = []
+    for row, rel in zip(rows, sets):
+        gains = np.array([item in rel for item in row[:k]], dtype=float)
+        ideal = discounts[: min(k, len(rel))].sum()
+        values.append(float(gains @ discounts[: len(gains)]) / ideal)
+    return float(np.mean(values))
+
+
+def hit_rate(ranked: object, relevant: object, k: int) -> float:
+    """HitRate@k: the share of queries with at least one relevant id among their first ``k`` ranked ids.
+
+    Same inputs and errors as :func:`ndcg_at_k`. With one relevant id per query it equals
+    :func:`recall_at_k`; it is the usual metric of the sampled protocol (one held-out item ranked
+    among sampled negatives). Taught in the recommendation chapter.
+    """
+    rows, sets = _check_ranking(ranked, relevant)
+    k = require_int("k", k, minimum=1)
+    _check_unique_rankings(rows, k)
+    return float(np.mean([bool(rel & set(row[:k])) for row, rel in zip(rows, sets)]))
+
+
+__all__ += ["ndcg_at_k", "hit_rate"]
