@@ -3,7 +3,7 @@
 Taught in the getting-started chapter; every chapter that trains or evaluates loads its data here.
 
 Small, real, openly licensed data sets travel inside the package (``llmbook/datasets``,
-xz-compressed, about 6 MB), so a fresh clone runs with no network. Every file is checked against
+xz-compressed, about 8 MB), so a fresh clone runs with no network. Every file is checked against
 the SHA-256 of the original upstream file before it is parsed, so a truncated or altered copy is
 caught with a message that names the file, instead of producing silently wrong numbers.
 
