@@ -54,6 +54,7 @@ from llmbook.parallel import (
     shown_path,
     write_atomic,
 )
+from llmbook.runtime import free_port
 
 MODES = ("single", "ddp", "fsdp")
 PROG = "llmbook.dist_train"
@@ -348,13 +349,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ----------------------------------------------------------------------------------------------
 # Launching
 # ----------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (for torchrun's ``--master_port``)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import datetime as _dt
 import os
 import platform
 import random
+import socket
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -201,6 +202,13 @@ def run_dir(name: str) -> Path:
             f"{RUN_DIR_ENV_VAR} to a folder."
         ) from None
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for torchrun's ``--master_port``, or a local server)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 _REPORTED_PACKAGES = ("llmbook", "torch", "transformers", "numpy", "pandas", "matplotlib")

@@ -46,6 +46,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from llmbook.checks import require_bool, require_int
+from llmbook.runtime import free_port
 
 __all__ = [
     "TOKENS_ENV_VAR",
@@ -860,15 +861,6 @@ if __name__ == "__main__":
 # ---------------------------------------------------------------------------------------------
 # Running the service in a subprocess (notebooks, tests)
 # ---------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class ServerProcess:
