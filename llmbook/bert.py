@@ -734,3 +734,84 @@ def mlm_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     if not bool(chosen.any()):
         return float("nan")
     return float((logits.argmax(-1)[chosen] == labels[chosen]).float().mean())
+
+
+class BigramMLMBaseline:
+    """A context baseline for masked-language modelling: predict a masked token from its *left* neighbour.
+
+    Fitted on unmasked training ids ``(n, L)``: counts of (left, token) pairs whose token is not special,
+    smoothed towards the add-one unigram distribution with Witten–Bell interpolation
+    ``P(w | l) = λ_l c(l, w) / c(l) + (1 − λ_l) P_unigram(w)``, ``λ_l = c(l) / (c(l) + T(l))``, where
+    ``T(l)`` is the number of distinct tokens seen after ``l``. A left neighbour never seen in training
+    (such as ``[MASK]``, which unmasked text never holds) has ``λ = 0``: the unigram distribution.
+    No parameter is tuned, so no data beyond the training ids is consulted.
+    """
+
+    def __init__(self, train_ids: torch.Tensor, *, vocab_size: int, special_ids: Iterable[int]) -> None:
+        if not isinstance(train_ids, torch.Tensor) or train_ids.dim() != 2 or train_ids.dtype.is_floating_point:
+            raise TypeError("train_ids must be a (sequences, length) integer tensor of token ids")
+        self.vocab_size = v = require_int("vocab_size", vocab_size, minimum=1)
+        if train_ids.numel() and (int(train_ids.min()) < 0 or int(train_ids.max()) >= v):
+            raise ValueError(f"train_ids must lie in the vocabulary [0, {v})")
+        self.special_ids = sorted({require_int("special id", _as_python_int(i)) for i in special_ids})
+        ids = train_ids.long().cpu()
+        left, token = ids[:, :-1].reshape(-1), ids[:, 1:].reshape(-1)
+        keep = ~torch.isin(token, torch.tensor(self.special_ids, dtype=torch.long))
+        left, token = left[keep], token[keep]
+        if not len(token):
+            raise ValueError("train_ids hold no pair of tokens to count (every token is special)")
+        self.pairs, self.pair_counts = torch.unique(left * v + token, return_counts=True)
+        self.left_counts = torch.bincount(left, minlength=v).double()
+        self.left_types = torch.bincount(self.pairs // v, minlength=v).double()
+        # Add-one unigram over all ids, the specials' share included, as the notebook's unigram baseline.
+        counts = torch.bincount(ids[~torch.isin(ids, torch.tensor(self.special_ids, dtype=torch.long))],
+                                minlength=v).double()
+        self.unigram = (counts + 1) / (counts + 1).sum()
+
+    def _weight(self, left: torch.Tensor) -> torch.Tensor:
+        c, t = self.left_counts[left], self.left_types[left]
+        return torch.where(c > 0, c / (c + t).clamp(min=1), torch.zeros_like(c))
+
+    def prob(self, left: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """``P(token | left)`` for 1-D tensors of equal length (float64)."""
+        left, token = left.long().cpu(), token.long().cpu()
+        key = left * self.vocab_size + token
+        where = torch.searchsorted(self.pairs, key).clamp(max=len(self.pairs) - 1)
+        pair = torch.where(self.pairs[where] == key, self.pair_counts[where], 0).double()
+        lam = self._weight(left)
+        return lam * pair / self.left_counts[left].clamp(min=1) + (1 - lam) * self.unigram[token]
+
+    def distribution(self, left: int) -> torch.Tensor:
+        """The whole distribution ``P(· | left)`` over the vocabulary (sums to 1)."""
+        everything = torch.arange(self.vocab_size)
+        return self.prob(torch.full_like(everything, int(left)), everything)
+
+    def evaluate(self, inputs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Cross-entropy (nats) and accuracy at the labelled positions of masked ``inputs`` / ``labels``.
+
+        The left neighbour is read from ``inputs`` as the model sees it (``[MASK]`` if it is masked too).
+        Labelled positions in column 0 have no left neighbour and raise ``ValueError``.
+        """
+        if not isinstance(inputs, torch.Tensor) or not isinstance(labels, torch.Tensor) or inputs.shape != labels.shape \
+                or inputs.dim() != 2:
+            raise ValueError("inputs and labels must be (sequences, length) tensors of the same shape")
+        chosen = labels.cpu() != IGNORE_INDEX
+        if bool(chosen[:, 0].any()):
+            raise ValueError("a labelled position in column 0 has no left neighbour: column 0 should be [CLS]")
+        if not bool(chosen.any()):
+            raise ValueError("labels mark no position (all are IGNORE_INDEX)")
+        rows, cols = chosen.nonzero(as_tuple=True)
+        left, target = inputs.cpu()[rows, cols - 1].long(), labels.cpu()[rows, cols].long()
+        loss = float(-self.prob(left, target).log().mean())
+        # The arg-max is the most frequent continuation of `left` or the most frequent token overall.
+        best_pair = torch.full((self.vocab_size,), -1, dtype=torch.long)
+        order = torch.argsort(self.pair_counts, stable=True)  # later writes win: the largest count
+        best_pair[self.pairs[order] // self.vocab_size] = self.pairs[order] % self.vocab_size
+        top = int(self.unigram.argmax())
+        candidate = torch.where(best_pair[left] >= 0, best_pair[left], torch.full_like(left, top))
+        better = self.prob(left, candidate) >= self.prob(left, torch.full_like(left, top))
+        prediction = torch.where(better, candidate, torch.full_like(left, top))
+        return {"bigram cross-entropy": loss, "bigram accuracy": float((prediction == target).double().mean())}
+
+
+__all__ += ["BigramMLMBaseline"]

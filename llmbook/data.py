@@ -3,7 +3,7 @@
 Taught in the getting-started chapter; every chapter that trains or evaluates loads its data here.
 
 Small, real, openly licensed data sets travel inside the package (``llmbook/datasets``,
-xz-compressed, about 8 MB), so a fresh clone runs with no network. Every file is checked against
+xz-compressed, about 10 MB), so a fresh clone runs with no network. Every file is checked against
 the SHA-256 of the original upstream file before it is parsed, so a truncated or altered copy is
 caught with a message that names the file, instead of producing silently wrong numbers.
 
@@ -64,6 +64,11 @@ class DatasetInfo:
     source: str
     files: dict[str, str] = field(repr=False)  # shipped file name -> sha256 of the original file
     notes: str = ""
+    folder: str = ""  # folder of the files, in llmbook/datasets and in the source data; "" = the name
+
+    def data_folder(self) -> str:
+        """The folder that holds this data set's files (two data sets may share one upstream folder)."""
+        return self.folder or self.name
 
 
 # sha256 values are those of the upstream files (see data-credits in the book); the shipped copies
@@ -329,7 +334,9 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def _package_file(name: str, filename: str) -> Path:
-    return Path(str(resources.files("llmbook") / "datasets" / name / filename))
+    # a registered data set may share its folder with another; data written for the book (BOOK_DATA) has its own
+    folder = DATASETS[name].data_folder() if name in DATASETS else name
+    return Path(str(resources.files("llmbook") / "datasets" / folder / filename))
 
 
 def read_verified_bytes(name: str, filename: str) -> bytes:
@@ -342,7 +349,7 @@ def read_verified_bytes(name: str, filename: str) -> bytes:
     if not isinstance(filename, str) or filename not in info.files:
         raise ValueError(f"{name} has no file {filename!r}; its files are {', '.join(info.files)}.")
     path = _package_file(name, filename)
-    shown = f"llmbook/datasets/{name}/{filename}"
+    shown = f"llmbook/datasets/{info.data_folder()}/{filename}"
     if not path.is_file():
         raise FileNotFoundError(f"Data file {shown} is missing. {_REINSTALL_HINT}")
     raw = path.read_bytes()
@@ -651,13 +658,13 @@ def pack_shared_data(source_dir: str | Path, target_dir: str | Path | None = Non
     verified = []
     for info in DATASETS.values():
         for filename, expected in info.files.items():
-            src = source_dir / info.name / filename.removesuffix(".xz")
+            src = source_dir / info.data_folder() / filename.removesuffix(".xz")
             if not src.is_file():
                 raise FileNotFoundError(f"{src} is missing: cannot pack {info.name}.")
             raw = src.read_bytes()
             if hashlib.sha256(raw).hexdigest() != expected:
                 raise DataChecksumError(f"{src} does not match the registry's sha256 {expected[:12]}...")
-            verified.append((target_dir / info.name / filename, raw))  # the whole data is ~50 MB
+            verified.append((target_dir / info.data_folder() / filename, raw))  # the whole data is ~50 MB
     written = []
     for out, raw in verified:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -730,6 +737,73 @@ def _load_finance_topic(split: str) -> pd.DataFrame:
 
 
 _LOADERS["twitter_financial_news_topic"] = _load_finance_topic
+
+
+# The Transformer chapter's translation set (notebooks/03_transformer.ipynb): every pair of the
+# ManyThings file, in the same folder as the 20,000-pair sample, split so that no English sentence
+# is in two splits (one English sentence often has several French translations).
+DATASETS["tatoeba_fra_eng_full"] = DatasetInfo(
+    name="tatoeba_fra_eng_full",
+    folder="tatoeba_fra_eng",
+    description="All 142,787 English-French sentence pairs of the ManyThings.org Tatoeba file (98,659 English sentences).",
+    task="machine translation",
+    splits=("train", "validation", "test"),
+    columns={
+        "english": "the English sentence (str)",
+        "french": "one French translation; may contain U+202F / U+00A0 before !?:; (str)",
+    },
+    license="CC BY 2.0 FR",
+    citation="Tatoeba Project (tatoeba.org), sentence pairs compiled by ManyThings.org (manythings.org/anki)",
+    source="http://www.manythings.org/anki/ (fra-eng.zip, 2017-09-29), the whole file",
+    files={
+        "fra_eng_full.txt.xz": "2546838ae46e0eac4c02ab7032ea0a02a006074a5340077a36a9444f41e02888",
+        "_about.txt": "359011f5738272138286287b44db215d184823911eb049da2160a6ac6933d6c9",
+    },
+    notes=(
+        "Split by English sentence: the distinct English sentences (compared after Unicode NFKC, straight "
+        "apostrophes and single spaces, see tatoeba_english_key) are shuffled (seed 0) and cut 90/5/5, and every "
+        "pair goes to the split of its English sentence, so all translations of one sentence stay together "
+        "and no English sentence is in two splits. Pairs of one English sentence are adjacent in a split."
+    ),
+)
+
+
+def tatoeba_english_key(text: str) -> str:
+    """The key that decides when two English sentences of Tatoeba are the same sentence.
+
+    Unicode NFKC (no-break and thin spaces become spaces), curly apostrophes made straight, runs of
+    whitespace made one space, ends stripped: two lines that differ only in those invisible ways
+    must not land in different splits.
+    """
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", text).replace("\u2019", "'").replace("\u2018", "'")
+    return " ".join(text.split())
+
+
+def _load_tatoeba_full(split: str) -> pd.DataFrame:
+    lines = _read_text("tatoeba_fra_eng_full", "fra_eng_full.txt.xz").splitlines()
+    pairs = [line.split("\t") for line in lines]  # not CSV: some lines contain '"'
+    bad = [i for i, p in enumerate(pairs) if len(p) != 2]
+    if bad:
+        raise DataChecksumError(f"tatoeba_fra_eng_full: lines {bad[:5]} do not have exactly one tab.")
+    keys = [tatoeba_english_key(english) for english, _ in pairs]
+    distinct = list(dict.fromkeys(keys))  # first-appearance order, the same on every machine
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(distinct))
+    n_train, n_valid = int(0.9 * len(distinct)), int(0.05 * len(distinct))
+    chosen = {
+        "train": order[:n_train],
+        "validation": order[n_train : n_train + n_valid],
+        "test": order[n_train + n_valid :],
+    }[split]
+    rows_of: dict[str, list[int]] = {}
+    for row, key in enumerate(keys):
+        rows_of.setdefault(key, []).append(row)
+    rows = [row for group in chosen for row in rows_of[distinct[group]]]
+    return pd.DataFrame([pairs[i] for i in rows], columns=["english", "french"])
+
+
+_LOADERS["tatoeba_fra_eng_full"] = _load_tatoeba_full
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ written out, ``attn_impl="naive"``) or PyTorch's fused ``torch.nn.functional.sca
 
 from __future__ import annotations
 
+import io
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +27,10 @@ from torch import nn
 
 from llmbook.attention import MultiHeadAttention, scaled_dot_product_attention
 from llmbook.checks import defines_no_distribution, require_bool, require_int
+from llmbook.parallel import write_atomic
 
 ATTN_IMPLS = ("naive", "sdpa")
+GELU_APPROXIMATIONS = ("none", "tanh")
 
 
 @dataclass
@@ -40,6 +45,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     attn_impl: str = "sdpa"
+    gelu_approximate: str = "none"  # "tanh": the approximation GPT-2 was trained with ("gelu_new")
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -53,6 +59,11 @@ class GPTConfig:
         self.bias = require_bool("GPTConfig.bias", self.bias)
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        if self.gelu_approximate not in GELU_APPROXIMATIONS:
+            raise ValueError(
+                f"gelu_approximate must be one of {GELU_APPROXIMATIONS} (as in torch.nn.functional.gelu), "
+                f"got {self.gelu_approximate!r}"
+            )
 
 
 def _check_token_ids(name: str, ids: torch.Tensor, vocab_size: int) -> None:
@@ -146,16 +157,20 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward network: Linear(d, 4d) → GELU → Linear(4d, d)."""
+    """Position-wise feed-forward network: Linear(d, 4d) → GELU → Linear(4d, d).
+
+    The GELU is exact unless ``config.gelu_approximate == "tanh"`` (GPT-2's approximation).
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
+        self.gelu_approximate = config.gelu_approximate
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.gelu_approximate)))
 
 
 class Block(nn.Module):
@@ -227,7 +242,9 @@ class GPT(nn.Module):
         b, t = idx.shape
         if t == 0:
             raise ValueError("idx has no tokens (length 0)")
-        _check_token_ids("idx", idx, self.config.vocab_size)
+        if not torch.compiler.is_compiling():
+            # the range check reads tensor values (.item()), which would break a torch.compile graph
+            _check_token_ids("idx", idx, self.config.vocab_size)
         past = 0 if cache is None else cache.length
         if past + t > self.config.block_size:
             raise ValueError(
@@ -240,7 +257,8 @@ class GPT(nn.Module):
                 shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
                 raise ValueError(f"targets {shape} must have the shape of idx {tuple(idx.shape)}")
             # -100 is cross_entropy's ignore_index: positions that take no part in the loss.
-            _check_token_ids("targets", targets.masked_fill(targets == -100, 0), self.config.vocab_size)
+            if not torch.compiler.is_compiling():  # (a value check: see idx above)
+                _check_token_ids("targets", targets.masked_fill(targets == -100, 0), self.config.vocab_size)
         pos = torch.arange(past, past + t, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
         for block in self.blocks:
@@ -503,3 +521,197 @@ def evaluate_loss(model: GPT, data: torch.Tensor, block_size: int | None = None,
     finally:
         model.train(was_training)
     return total / n
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: the chapter saves its trained model; the evaluation chapter loads it
+# ----------------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "llmbook.gpt/1"
+
+
+class GPTCheckpoint(NamedTuple):
+    """What :func:`load_gpt_checkpoint` returns: the model (in eval mode), its character vocabulary
+    (``chars[i]`` is the character of token ``i``) and the metadata saved with it (``dataset``,
+    ``validation_split``, ``scale`` and whatever else the caller stored)."""
+
+    model: GPT
+    chars: list[str]
+    metadata: dict[str, Any]
+
+    def encode(self, text: str) -> torch.Tensor:
+        """``text`` as a 1-D int64 tensor of this vocabulary's token ids; an unknown character raises ``ValueError``."""
+        stoi = {ch: i for i, ch in enumerate(self.chars)}
+        unknown = sorted(set(text) - stoi.keys())
+        if unknown:
+            raise ValueError(
+                f"text holds {len(unknown)} character(s) outside the model's vocabulary, e.g. {unknown[0]!r}; "
+                "a character-level model can only read the characters it was trained on"
+            )
+        return torch.tensor([stoi[ch] for ch in text], dtype=torch.long)
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
+        """Token ids back to text."""
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+def save_gpt_checkpoint(
+    path: str | Path,
+    model: GPT,
+    chars: Sequence[str],
+    *,
+    dataset: str = "tiny_shakespeare",
+    validation_split: str = "validation",
+    scale: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save a trained character-level :class:`GPT` to ``path`` (one file, written atomically).
+
+    The file holds the model's :class:`GPTConfig`, its weights (on the CPU), the character vocabulary
+    ``chars`` (token ``i`` is ``chars[i]``; ``len(chars)`` must equal the model's ``vocab_size``) and
+    how to rebuild the validation text: ``llmbook.data.load_dataset(dataset, validation_split)``.
+    ``scale`` (``llmbook.runtime.get_scale()`` by default) and ``metadata`` (plain values: numbers,
+    strings, lists, dicts) are stored beside them. Returns the path. Read it back with
+    :func:`load_gpt_checkpoint`.
+    """
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be an llmbook.gpt.GPT, got {type(model).__name__}")
+    if isinstance(chars, str):
+        chars = list(chars)
+    if not isinstance(chars, Sequence) or not all(isinstance(ch, str) and len(ch) == 1 for ch in chars):
+        raise TypeError("chars must be the vocabulary as a list of single characters (token i is chars[i])")
+    if len(set(chars)) != len(chars):
+        raise ValueError("chars holds a character twice: each token must be a distinct character")
+    if len(chars) != model.config.vocab_size:
+        raise ValueError(
+            f"chars has {len(chars)} characters but the model's vocab_size is {model.config.vocab_size}: "
+            "pass the vocabulary the model was trained with"
+        )
+    for name, value in (("dataset", dataset), ("validation_split", validation_split)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if scale is None:
+        from llmbook.runtime import get_scale
+
+        scale = get_scale()
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": asdict(model.config),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "chars": list(chars),
+        "metadata": {**dict(metadata or {}), "dataset": dataset, "validation_split": validation_split,
+                     "scale": scale},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder {path.parent} does not exist; create it first (run_dir does)")
+    return write_atomic(path, buffer.getvalue())
+
+
+def load_gpt_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> GPTCheckpoint:
+    """Rebuild the model saved by :func:`save_gpt_checkpoint`: ``(model, chars, metadata)``, the model on
+    ``device`` in eval mode. A missing file or a file that is not such a checkpoint raises one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no GPT checkpoint at {path}: run the GPT chapter (notebooks/04_gpt.ipynb) at this scale first"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say what it is, not pickle's internals
+        raise ValueError(f"{path} is not a readable GPT checkpoint ({type(exc).__name__}); save it again") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a GPT checkpoint written by llmbook.gpt.save_gpt_checkpoint")
+    model = GPT(GPTConfig(**payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    return GPTCheckpoint(model.to(device).eval(), list(payload["chars"]), dict(payload["metadata"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# GPT-2's weights in our GPT
+# ----------------------------------------------------------------------------------------------
+
+_GPT2_GELUS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
+
+
+def config_from_gpt2(hf_config: Any, attn_impl: str = "sdpa") -> GPTConfig:
+    """The :class:`GPTConfig` of a Hugging Face ``GPT2Config`` (sizes, GELU variant; no dropout).
+
+    Settings our GPT does not have (another LayerNorm epsilon, an MLP width other than 4d, attention
+    scaled other than by 1/sqrt(head_dim)) raise ``ValueError`` instead of giving a model that differs.
+    """
+    get = lambda name, default=None: getattr(hf_config, name, default)  # noqa: E731
+    activation = get("activation_function", "gelu_new")
+    if activation not in _GPT2_GELUS:
+        raise ValueError(f"GPT-2 activation {activation!r} is not supported: use one of {sorted(_GPT2_GELUS)}")
+    n_embd = get("n_embd")
+    unsupported = {
+        "layer_norm_epsilon": (get("layer_norm_epsilon", 1e-5), 1e-5),
+        "n_inner": (get("n_inner") or 4 * n_embd, 4 * n_embd),
+        "scale_attn_weights": (get("scale_attn_weights", True), True),
+        "scale_attn_by_inverse_layer_idx": (get("scale_attn_by_inverse_layer_idx", False), False),
+    }
+    for name, (value, ours) in unsupported.items():
+        if value != ours:
+            raise ValueError(f"GPT-2 config has {name}={value!r}; llmbook.gpt.GPT supports only {ours!r}")
+    return GPTConfig(vocab_size=get("vocab_size"), block_size=get("n_positions"), n_layer=get("n_layer"),
+                     n_head=get("n_head"), n_embd=n_embd, dropout=0.0, bias=True, attn_impl=attn_impl,
+                     gelu_approximate=_GPT2_GELUS[activation])
+
+
+def convert_gpt2_state_dict(state_dict: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Map a Hugging Face GPT-2 state dict (``GPT2LMHeadModel`` or ``GPT2Model``) onto :class:`GPT`'s names.
+
+    Two differences besides the names: GPT-2 stores its linear layers as ``Conv1D`` with the weight
+    transposed (``in × out``), and it computes queries, keys and values with one fused ``c_attn``
+    matrix, which we split into ``q_proj``, ``k_proj`` and ``v_proj``. A missing weight raises
+    ``KeyError`` naming it; unexpected names raise ``ValueError``.
+    """
+    prefix = "transformer." if any(k.startswith("transformer.") for k in state_dict) else ""
+    d = config.n_embd
+    used: set[str] = set()
+
+    def take(name: str) -> torch.Tensor:
+        key = prefix + name
+        if key not in state_dict:
+            raise KeyError(f"GPT-2 state dict has no {key!r}: is it a GPT-2 checkpoint with {config.n_layer} layers?")
+        used.add(key)
+        return state_dict[key]
+
+    out = {"tok_emb.weight": take("wte.weight"), "pos_emb.weight": take("wpe.weight")}
+    for i in range(config.n_layer):
+        ours, theirs = f"blocks.{i}.", f"h.{i}."
+        for ln in ("ln_1", "ln_2"):
+            out[ours + f"{ln}.weight"] = take(theirs + f"{ln}.weight")
+            out[ours + f"{ln}.bias"] = take(theirs + f"{ln}.bias")
+        qkv_w, qkv_b = take(theirs + "attn.c_attn.weight"), take(theirs + "attn.c_attn.bias")
+        for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            out[ours + f"attn.mha.{name}.weight"] = qkv_w[:, j * d:(j + 1) * d].t()
+            out[ours + f"attn.mha.{name}.bias"] = qkv_b[j * d:(j + 1) * d]
+        pairs = (("attn.c_proj", "attn.mha.out_proj"), ("mlp.c_fc", "mlp.fc"), ("mlp.c_proj", "mlp.proj"))
+        for src, dst in pairs:
+            out[ours + f"{dst}.weight"] = take(theirs + f"{src}.weight").t()
+            out[ours + f"{dst}.bias"] = take(theirs + f"{src}.bias")
+    out["ln_f.weight"], out["ln_f.bias"] = take("ln_f.weight"), take("ln_f.bias")
+    out["lm_head.weight"] = out["tok_emb.weight"]  # tied, as in GPT-2
+    # lm_head.weight is GPT-2's tied copy; attention-mask buffers of older versions are not weights.
+    ignorable = ("lm_head.weight", ".attn.bias", ".attn.masked_bias")
+    extra = [k for k in state_dict if k not in used and not k.endswith(ignorable)]
+    if extra:
+        raise ValueError(f"GPT-2 state dict has weights our GPT has no place for, e.g. {extra[0]!r}")
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+def gpt_from_gpt2(hf_model: nn.Module, attn_impl: str = "sdpa") -> GPT:
+    """Our :class:`GPT` holding the weights of a ``transformers`` GPT-2 model (``GPT2LMHeadModel``).
+
+    It computes the same logits (the tests check to 1e-4 against a randomly initialised model;
+    on the hub's ``gpt2`` the chapter checks the same).
+    """
+    config = config_from_gpt2(hf_model.config, attn_impl=attn_impl)
+    model = GPT(config)
+    model.load_state_dict(convert_gpt2_state_dict(hf_model.state_dict(), config))
+    return model.eval()
+

@@ -1281,3 +1281,51 @@ def hit_rate(ranked: object, relevant: object, k: int) -> float:
 
 
 __all__ += ["ndcg_at_k", "hit_rate"]
+
+
+# --- chrF (evaluation chapter: the translation model's score with an interval) ---------------------
+
+def chrf_statistics(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
+    """Per-sentence sufficient statistics of sacrebleu's chrF (character 6-grams, β = 2), one row each.
+
+    chrF {Popović 2015} is the F-score of character n-gram precision and recall (n = 1..6, recall
+    weighted β = 2 times as much as precision), computed from corpus totals. ``references[i]`` holds
+    the references of hypothesis ``i`` (one or more; sentences may have different numbers of them —
+    the best-matching reference of each sentence is used, as in sacrebleu). Sum the rows of any
+    resample and pass them to :func:`chrf_from_statistics` to get corpus chrF: that is how
+    :func:`bootstrap_ci` puts an interval on it. The statistics are sacrebleu's own, so
+    ``chrf_from_statistics(chrf_statistics(h, r))`` equals ``sacrebleu.corpus_chrf`` (tested).
+    """
+    from sacrebleu.metrics import CHRF
+
+    hypotheses = _check_texts(hypotheses, "hypotheses")
+    if isinstance(references, str) or len(references) != len(hypotheses):
+        raise ValueError(
+            f"references must hold one list of reference strings per hypothesis ({len(hypotheses)}), "
+            f"got {len(references) if not isinstance(references, str) else 'a string'}"
+        )
+    per_sentence = []
+    for i, refs in enumerate(references):
+        refs = [refs] if isinstance(refs, str) else list(refs)
+        if not refs or not all(isinstance(r, str) for r in refs):
+            raise ValueError(f"references[{i}] must be a non-empty list of strings")
+        per_sentence.append(refs)
+    width = max(len(refs) for refs in per_sentence)
+    # sacrebleu wants reference *streams* of equal length: pad each sentence's list with its first
+    # reference (a duplicate never changes chrF, which keeps the best reference per sentence).
+    streams = [[refs[k] if k < len(refs) else refs[0] for refs in per_sentence] for k in range(width)]
+    metric = CHRF()
+    return np.asarray(metric._extract_corpus_statistics(hypotheses, streams), dtype=np.int64)
+
+
+def chrf_from_statistics(stats: np.ndarray) -> float:
+    """Corpus chrF (0-100) from rows of :func:`chrf_statistics` (summed here)."""
+    from sacrebleu.metrics import CHRF
+
+    stats = np.asarray(stats)
+    if stats.ndim != 2 or stats.shape[0] == 0:
+        raise ValueError(f"stats must be a non-empty 2-D array of chrf_statistics rows, got shape {stats.shape}")
+    return float(CHRF()._compute_score_from_stats(stats.sum(axis=0).tolist()).score)
+
+
+__all__ += ["chrf_statistics", "chrf_from_statistics"]

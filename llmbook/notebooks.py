@@ -5,6 +5,7 @@ Maintainer tooling (the book's contributing notes and the getting-started chapte
     python -m llmbook.notebooks run --scale cpu notebooks/00_getting_started.ipynb
     python -m llmbook.notebooks check notebooks/*.ipynb
     python -m llmbook.notebooks sync-setup notebooks/*.ipynb
+    python -m llmbook.notebooks text-bars notebooks/*.ipynb
 
 ``run`` executes a notebook in place at a chosen scale, with its own folder as the working
 directory, and stamps ``metadata.llmbook`` with what produced the outputs (scale, device, library
@@ -13,6 +14,12 @@ as it was. Every write is atomic (a temporary file in the same folder, flushed t
 renamed over the notebook), so an interrupted write never leaves half a notebook. ``check`` is what the tests use: committed notebooks must have been run top to
 bottom at cpu or gpu scale, carry no errors and no absolute local paths, use the ``python3``
 kernel, and start with the book's setup cell.
+
+``run`` also turns every tqdm progress bar into one line of plain text holding the bar's final
+state (see :func:`progress_bars_to_text`): a saved widget bar shows only its *initial* state
+without the widget bundle (4 MB of JavaScript), and a text bar on stderr shows in red. ``text-bars``
+does the same to committed notebooks without running them, and ``check --text-bars`` reports any
+widget bar left.
 
 The Colab setup cell installs llmbook from :data:`REPOSITORY` at :data:`REF`. These two constants
 are the one place to change them: ``sync-setup`` rewrites every notebook's setup cell from them,
@@ -29,8 +36,10 @@ import stat
 import sys
 import tempfile
 import time
+import warnings
+from html import unescape
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import nbformat
 
@@ -182,6 +191,319 @@ def write_notebook(nb: nbformat.NotebookNode, path: str | Path) -> None:
         raise
 
 
+# --- progress bars as text ------------------------------------------------------------------------
+
+WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
+_MODEL_REFERENCE = re.compile(r"IPY_MODEL_([0-9A-Za-z_-]+)")
+# tqdm's own text bar (tqdm.std.Bar with its default width and Unicode charset).
+_BAR_WIDTH = 10
+_BAR_CHARSET = " " + "".join(map(chr, range(0x258F, 0x2587, -1)))
+# A line that tqdm printed as a text bar ends in its times and rate: "desc:  40%|████      | 4/10
+# [00:01<00:01, 3.9it/s]", "[04:35<00:00,  3.13it/s, loss=0.16]", "[00:09, 2.4batch/s]" (no total),
+# "[00:00<?, ?it/s]" (not started), "[1:02:03<20:00, 744.60s/it]".
+_TEXT_BAR_LINE = re.compile(
+    r"\[(?:\d+:)?\d+:\d\d(?:<(?:(?:\d+:)?\d+:\d\d|\?))?, *(?:\?|[\d.]+[kMGTPEZY]?)(?:\w*/s|s/\w+)(?:, [^\]]*)?\]\s*$"
+)
+
+
+def _text_bar(fraction: float) -> str:
+    """The bar tqdm prints for ``fraction`` done (``tqdm.std.Bar`` at its default width)."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    steps = len(_BAR_CHARSET) - 1
+    full, partial = divmod(int(fraction * _BAR_WIDTH * steps), steps)
+    bar = _BAR_CHARSET[-1] * full
+    if full < _BAR_WIDTH:
+        bar += _BAR_CHARSET[partial] + _BAR_CHARSET[0] * (_BAR_WIDTH - full - 1)
+    return bar
+
+
+def _html_text(value: Any) -> str:
+    """The text of a tqdm HTML label: tqdm escapes it and writes spaces as U+2007 (figure space)."""
+    return unescape(str(value or "")).replace("\u2007", " ")
+
+
+def _widget_models(nb: nbformat.NotebookNode) -> dict[str, Any]:
+    widgets = nb.metadata.get("widgets")
+    saved = widgets.get(WIDGET_STATE_MIME) if isinstance(widgets, dict) else None
+    models = saved.get("state") if isinstance(saved, dict) else None
+    return models if isinstance(models, dict) else {}
+
+
+def _model_state(models: dict[str, Any], model_id: str) -> dict[str, Any] | None:
+    model = models.get(model_id)
+    state = model.get("state") if isinstance(model, dict) else None
+    return state if isinstance(state, dict) else None
+
+
+def _model_name(models: dict[str, Any], model_id: str) -> str | None:
+    model = models.get(model_id)
+    return model.get("model_name") if isinstance(model, dict) else None
+
+
+def _referenced_id(reference: Any) -> str | None:
+    match = _MODEL_REFERENCE.fullmatch(reference) if isinstance(reference, str) else None
+    return match.group(1) if match else None
+
+
+def _tqdm_bar_parts(models: dict[str, Any], model_id: str) -> tuple[dict, dict, dict, dict] | None:
+    """The states (box, left label, progress, right label) if ``model_id`` is a tqdm bar, else None.
+
+    tqdm.notebook draws a bar as an HBox of exactly three widgets: an HTML label (description and
+    percentage), a FloatProgress and an HTML label (counts, times, rate). That structure, not the
+    text, is what identifies one.
+    """
+    box = _model_state(models, model_id)
+    if box is None or _model_name(models, model_id) != "HBoxModel":
+        return None
+    children = [_referenced_id(child) for child in box.get("children", [])]
+    if len(children) != 3 or None in children:
+        return None
+    names = [_model_name(models, child) for child in children]
+    if names != ["HTMLModel", "FloatProgressModel", "HTMLModel"]:
+        return None
+    left, progress, right = (_model_state(models, child) for child in children)
+    if left is None or progress is None or right is None:
+        return None
+    return box, left, progress, right
+
+
+def _bar_is_hidden(models: dict[str, Any], box: dict[str, Any]) -> bool:
+    """True for a bar that tqdm hid when it closed (``leave=False``): Jupyter does not show it."""
+    layout_id = _referenced_id(box.get("layout"))
+    layout = _model_state(models, layout_id) if layout_id else None
+    return box.get("visible") is False or (layout or {}).get("visibility") == "hidden"
+
+
+def _tqdm_bar_line(left: dict[str, Any], progress: dict[str, Any], right: dict[str, Any]) -> str:
+    """The line tqdm would have printed for the bar's final state."""
+    description = _html_text(left.get("value"))
+    stats = _html_text(right.get("value"))
+    if not description:  # no total: tqdm printed no bar, only "12it [00:01, 9.5it/s]"
+        return stats.strip()
+    try:
+        low, high, value = (float(progress.get(key) or 0.0) for key in ("min", "max", "value"))
+        fraction = (value - low) / (high - low) if high > low else 0.0
+    except (TypeError, ValueError):
+        fraction = 0.0
+    return f"{description}|{_text_bar(fraction)}|{stats}".rstrip()
+
+
+def _references(value: Any, found: set[str]) -> None:
+    """Add to ``found`` every model id that ``value`` (a widget state, or an output) refers to."""
+    if isinstance(value, str):
+        model_id = _referenced_id(value)
+        if model_id:
+            found.add(model_id)
+    elif isinstance(value, dict):
+        view = value.get(WIDGET_VIEW_MIME)
+        if isinstance(view, dict) and isinstance(view.get("model_id"), str):
+            found.add(view["model_id"])
+        for item in value.values():
+            _references(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _references(item, found)
+
+
+def _reachable(models: dict[str, Any], roots: set[str]) -> set[str]:
+    """Every model reachable from ``roots`` through ``IPY_MODEL_`` references (children, layout, style...)."""
+    seen: set[str] = set()
+    pending = list(roots)
+    while pending:
+        model_id = pending.pop()
+        if model_id in seen:
+            continue
+        seen.add(model_id)
+        found: set[str] = set()
+        _references(_model_state(models, model_id), found)
+        pending.extend(found - seen)
+    return seen
+
+
+def _stream_text(output: dict[str, Any]) -> str:
+    text = output.get("text", "")
+    return "".join(text) if isinstance(text, list) else str(text)
+
+
+def _final_lines(text: str) -> list[str]:
+    """The lines a terminal shows for ``text``: each line is what follows its last carriage return."""
+    return [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+
+
+def _stderr_bars_as_stdout(output: dict[str, Any]) -> nbformat.NotebookNode | None:
+    """A stdout stream with the final line of each tqdm text bar in ``output``, or None.
+
+    Only a stderr stream made of nothing but tqdm bar lines is converted; one that mixes bars
+    with warnings or other messages is left as it is, since those belong on stderr.
+    """
+    if output.get("output_type") != "stream" or output.get("name") != "stderr":
+        return None
+    lines = [line for line in _final_lines(_stream_text(output)) if line.strip()]
+    if not lines or not all(_TEXT_BAR_LINE.search(line) for line in lines):
+        return None
+    return nbformat.v4.new_output("stream", name="stdout", text="".join(line.rstrip() + "\n" for line in lines))
+
+
+def _merge_bar_streams(outputs: list, converted: list[int]) -> list:
+    """Merge each converted bar's stdout line into the stdout streams right next to it."""
+    marked = {id(outputs[i]) for i in converted}
+    merged: list = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if (
+            previous is not None
+            and output.get("output_type") == "stream" == previous.get("output_type")
+            and output.get("name") == "stdout" == previous.get("name")
+            and (id(output) in marked or id(previous) in marked)
+            and _stream_text(previous).endswith("\n")
+        ):
+            text = _stream_text(previous) + _stream_text(output)
+            merged[-1] = nbformat.v4.new_output("stream", name="stdout", text=text)
+            marked.add(id(merged[-1]))
+            continue
+        merged.append(output)
+    return merged
+
+
+def progress_bars_to_text(nb: nbformat.NotebookNode) -> int:
+    """Replace every tqdm progress bar in ``nb`` (in memory) by one line of text; returns how many.
+
+    A bar that tqdm.auto drew as a widget is saved as a widget view whose ``text/plain`` is only
+    its *initial* state ("0%| | 0/38"), while its final state sits in ``metadata.widgets``. Each
+    such view becomes a stdout stream holding the line tqdm would print for the final state
+    (``desc: 100%|██████████| 38/38 [00:04<00:00, 8.20it/s]``), merged with the stdout text right
+    next to it; a bar that tqdm hid on closing (``leave=False``) is removed, as Jupyter shows
+    nothing there. A stderr stream made only of tqdm text bars becomes their final lines on stdout.
+    When a bar was converted, widget models that no remaining output uses are then dropped from
+    ``metadata.widgets`` (the whole key when none is left), so a page whose only widgets were bars
+    needs no widget bundle. Real widgets (sliders, ``interact``, boxes of controls, links between
+    them) and their state are kept.
+
+    A bar is recognised by its saved structure (an HBox of HTML, FloatProgress and HTML). A widget
+    view whose state is missing but whose ``text/plain`` is a tqdm bar is replaced by that text,
+    with a ``UserWarning`` naming the cell, since its final state is lost. Running this twice
+    changes nothing the second time.
+    """
+    models = _widget_models(nb)
+    bar_models: set[str] = set()
+    converted = 0
+    without_state = []
+    for index, cell in enumerate(nb.cells):
+        outputs = cell.get("outputs")
+        if not outputs:
+            continue
+        new_outputs = []
+        new_bars = []
+        for output in outputs:
+            view = output.get("data", {}).get(WIDGET_VIEW_MIME) if isinstance(output.get("data"), dict) else None
+            stderr_bars = _stderr_bars_as_stdout(output)
+            if stderr_bars is not None:
+                new_bars.append(len(new_outputs))
+                new_outputs.append(stderr_bars)
+                converted += 1
+                continue
+            model_id = view.get("model_id") if isinstance(view, dict) else None
+            if not isinstance(model_id, str):
+                new_outputs.append(output)
+                continue
+            parts = _tqdm_bar_parts(models, model_id)
+            if parts is not None:
+                box, left, progress, right = parts
+                bar_models.add(model_id)
+                converted += 1
+                if not _bar_is_hidden(models, box):
+                    new_bars.append(len(new_outputs))
+                    line = _tqdm_bar_line(left, progress, right)
+                    new_outputs.append(nbformat.v4.new_output("stream", name="stdout", text=line + "\n"))
+                continue
+            plain = output.get("data", {}).get("text/plain", "")
+            plain = "".join(plain) if isinstance(plain, list) else str(plain)
+            if model_id not in models and _TEXT_BAR_LINE.search(plain.strip()):
+                without_state.append(index)
+                converted += 1
+                new_bars.append(len(new_outputs))
+                new_outputs.append(nbformat.v4.new_output("stream", name="stdout", text=plain.strip() + "\n"))
+                continue
+            new_outputs.append(output)
+        if new_bars:
+            cell.outputs = _merge_bar_streams(new_outputs, new_bars)
+    if without_state:
+        warnings.warn(
+            f"{len(without_state)} progress bar(s) had no saved widget state (cells {sorted(set(without_state))}): "
+            "they now show their initial text; re-run the notebook to get their final state",
+            UserWarning,
+            stacklevel=2,
+        )
+    if bar_models:
+        _drop_unused_models(nb, models)
+    return converted
+
+
+def _drop_unused_models(nb: nbformat.NotebookNode, models: dict[str, Any]) -> None:
+    """Remove the widget models that no output shows, and ``metadata.widgets`` if none is left.
+
+    A model is kept when an output shows it, when a shown model refers to it (children, layout,
+    style...), or when it refers to a shown model itself (a ``jslink`` between two sliders).
+    """
+    shown: set[str] = set()
+    for cell in nb.cells:
+        _references(cell.get("outputs", []), shown)
+    keep = _reachable(models, shown & set(models))
+    changed = True
+    while changed:  # links and other models that act on shown widgets without being shown
+        changed = False
+        for model_id in set(models) - keep:
+            found: set[str] = set()
+            _references(_model_state(models, model_id), found)
+            if found & keep:
+                keep |= _reachable(models, {model_id})
+                changed = True
+    for model_id in set(models) - keep:
+        del models[model_id]
+    if not models:
+        nb.metadata.pop("widgets", None)
+
+
+def widget_bar_problems(path: str | Path) -> list[str]:
+    """Problems for every tqdm widget bar still saved in the notebook at ``path`` (empty when none).
+
+    A separate check (``check --text-bars``), since notebooks executed before ``run`` converted bars
+    still contain them: ``text-bars`` fixes a committed notebook without running it.
+    """
+    path = Path(path)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as exc:
+        return [f"{path.name}: cannot be read as a notebook ({exc})"]
+    models = _widget_models(nb)
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            data = output.get("data")
+            view = data.get(WIDGET_VIEW_MIME) if isinstance(data, dict) else None
+            model_id = view.get("model_id") if isinstance(view, dict) else None
+            if isinstance(model_id, str) and _tqdm_bar_parts(models, model_id) is not None:
+                problems.append(
+                    f"{path.name}: cell {index} has a tqdm widget progress bar"
+                    " (run `python -m llmbook.notebooks text-bars` on it)"
+                )
+                break
+    return problems
+
+
+def text_bars_in_file(path: str | Path) -> int:
+    """Apply :func:`progress_bars_to_text` to the notebook file at ``path``; returns how many bars.
+
+    The file is rewritten (atomically) only when it had a bar: otherwise it stays byte for byte.
+    """
+    nb = read_notebook(path)
+    count = progress_bars_to_text(nb)
+    if count:
+        write_notebook(nb, path)
+    return count
+
+
 def _sync_setup(nb: nbformat.NotebookNode) -> bool:
     """Make the first code cell of ``nb`` (in memory) the canonical setup cell; True if changed."""
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
@@ -208,7 +530,7 @@ def sync_setup_cell(path: str | Path) -> bool:
 def run_notebook(path: str | Path, scale: str, timeout: int = 1800) -> dict[str, str]:
     """Execute ``path`` in place at ``scale`` (its folder as working directory) and stamp it.
 
-    Returns the stamp. The setup cell is synced (see :func:`sync_setup_cell`) in the executed copy.
+    Progress bars in the outputs become lines of text (:func:`progress_bars_to_text`). Returns the stamp. The setup cell is synced (see :func:`sync_setup_cell`) in the executed copy.
     Raises ``nbclient.exceptions.CellExecutionError`` if a cell fails (or another nbclient error if
     the kernel dies or a cell times out); the notebook file is then left byte for byte untouched.
     Raises ``ValueError`` if the result fails :func:`check_notebook`: the executed notebook is still
@@ -244,6 +566,7 @@ def run_notebook(path: str | Path, scale: str, timeout: int = 1800) -> dict[str,
         else:
             os.environ[SCALE_ENV_VAR] = previous
     stamp["executed_in"] = f"{time.perf_counter() - started:.0f} s"
+    progress_bars_to_text(nb)  # final states as text, and no widget bundle just for bars
     nb.metadata[STAMP_KEY] = stamp
     write_notebook(nb, path)
     problems = check_notebook(path)
@@ -277,8 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line. Returns the exit status: 0 when everything worked, 1 otherwise.
 
     Problems with the files given (missing, not a notebook, a failed run) are printed as one line
-    each on stderr rather than raised, and ``run`` and ``sync-setup`` check every file before
-    touching any.
+    each on stderr rather than raised, and ``run``, ``sync-setup`` and ``text-bars`` check every
+    file before touching any.
     """
     parser = argparse.ArgumentParser(prog="python -m llmbook.notebooks", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -287,13 +610,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--timeout", type=_positive_seconds, default=1800, help="seconds per cell (default 1800)")
     run.add_argument("notebooks", nargs="+", type=Path)
     check = commands.add_parser("check", help="check committed notebooks (outputs, stamp, setup cell, paths)")
+    check.add_argument(
+        "--text-bars", action="store_true", help="also report tqdm progress bars still saved as widgets"
+    )
     check.add_argument("notebooks", nargs="+", type=Path)
     sync = commands.add_parser("sync-setup", help="rewrite every notebook's setup cell from REPOSITORY/REF")
     sync.add_argument("notebooks", nargs="+", type=Path)
+    bars = commands.add_parser(
+        "text-bars", help="replace saved tqdm widget progress bars by their final state as text, in place"
+    )
+    bars.add_argument("notebooks", nargs="+", type=Path)
     args = parser.parse_args(argv)
 
     if args.command == "check":
         problems = [p for path in args.notebooks for p in check_notebook(path)]
+        if args.text_bars:
+            problems += [p for path in args.notebooks for p in widget_bar_problems(path)]
         print("\n".join(problems) if problems else f"{len(args.notebooks)} notebook(s) OK")
         return 1 if problems else 0
 
@@ -323,6 +655,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             print(f"{path}: executed at scale {stamp['scale']} on {stamp['device']} in {stamp['executed_in']}")
         return 1 if failed else 0
+
+    if args.command == "text-bars":
+        for path in args.notebooks:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                count = text_bars_in_file(path)
+            print(f"{path}: {count} progress bar(s) as text" if count else f"{path}: no progress bars, unchanged")
+            for warning in caught:
+                print(f"warning: {path}: {warning.message}", file=sys.stderr)
+        return 0
 
     changed = [path for path in args.notebooks if sync_setup_cell(path)]
     print(f"updated {len(changed)} of {len(args.notebooks)} setup cell(s)")

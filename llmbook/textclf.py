@@ -14,6 +14,7 @@ only to its own longest example (*dynamic padding*, 动态填充) — the same r
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -276,3 +277,164 @@ class MeanPoolingClassifier(torch.nn.Module):
         if labels is not None:
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+# --- The TF-IDF baseline (chapters 6 and 7 report the same model) --------------------------------
+
+TFIDF_C_GRID = (1.0, 3.0, 10.0, 30.0)
+
+
+@dataclass
+class TfidfBaseline:
+    """What :func:`tfidf_baseline` returns: the fitted pipeline, the chosen ``C`` and the scores behind it."""
+
+    pipeline: Any
+    C: float
+    val_macro_f1: dict[float, float]
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """Class ids of ``texts``."""
+        return self.pipeline.predict(_check_texts(texts))
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities of ``texts``, shape ``(len(texts), num_classes)``."""
+        return self.pipeline.predict_proba(_check_texts(texts))
+
+
+def tfidf_baseline(
+    train_texts: Sequence[str],
+    train_labels: Sequence[int],
+    val_texts: Sequence[str],
+    val_labels: Sequence[int],
+    *,
+    c_grid: Sequence[float] = TFIDF_C_GRID,
+    min_df: int = 2,
+) -> TfidfBaseline:
+    """TF-IDF of words and word pairs + logistic regression, ``C`` chosen by validation macro-F1.
+
+    The strong classical baseline of the fine-tuning chapter, reused unchanged by the evaluation
+    chapter so that both report one model and one number: ``TfidfVectorizer(ngram_range=(1, 2),
+    sublinear_tf=True, min_df=min_df)`` then ``LogisticRegression(C, max_iter=2000)``, fitted on
+    the training texts for each ``C`` of ``c_grid``; the one with the highest macro-F1 on the
+    *validation* texts is kept (ties: the first in ``c_grid``). The test split plays no part.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.pipeline import make_pipeline
+
+    train_texts, val_texts = _check_texts(train_texts), _check_texts(val_texts)
+    y_train = _check_label_array("train_labels", train_labels, len(train_texts))
+    y_val = _check_label_array("val_labels", val_labels, len(val_texts))
+    min_df = require_int("min_df", min_df, minimum=1)
+    grid = [float(c) for c in (c_grid.tolist() if hasattr(c_grid, "tolist") else list(c_grid))]
+    if not grid or not all(np.isfinite(c) and c > 0 for c in grid):
+        raise ValueError(f"c_grid must be a non-empty list of positive numbers, got {c_grid!r}")
+    if len(np.unique(y_train)) < 2:
+        raise ValueError("train_labels hold a single class: a classifier needs at least two")
+    fitted, scores = {}, {}
+    for C in grid:
+        fitted[C] = make_pipeline(
+            TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=min_df),
+            LogisticRegression(C=C, max_iter=2000),
+        ).fit(train_texts, y_train)
+        scores[C] = float(f1_score(y_val, fitted[C].predict(val_texts), average="macro"))
+    best = max(scores, key=scores.get)  # max keeps the first of equal scores
+    return TfidfBaseline(fitted[best], best, scores)
+
+
+def _check_label_array(name: str, labels: object, n: int) -> np.ndarray:
+    array = np.asarray(labels.tolist() if hasattr(labels, "tolist") else list(labels))
+    if array.shape != (n,):
+        raise ValueError(f"{name} has shape {array.shape}, but there are {n} texts")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{name} must be integer class ids, got dtype {array.dtype}")
+    return array
+
+
+# --- The chapter-6 classifier as one file (the evaluation chapter reloads it) ---------------------
+
+def classifier_checkpoint_path(scale: str) -> Path:
+    """Where the fine-tuning chapter saves its classifier at ``scale``: ``run_dir("06_finetuning")/classifier_{scale}.pt``."""
+    from llmbook.runtime import run_dir
+
+    if not isinstance(scale, str) or not scale.isidentifier():
+        raise ValueError(f"scale must be a scale name such as 'cpu', got {scale!r}")
+    return Path(run_dir("06_finetuning")) / f"classifier_{scale}.pt"
+
+
+def save_classifier_checkpoint(
+    path: str | os.PathLike,
+    model: MeanPoolingClassifier,
+    choice: Any,
+    *,
+    labels: Sequence[str],
+    max_length: int,
+    scale: str,
+    **metadata: Any,
+) -> Path:
+    """Save a :class:`MeanPoolingClassifier` with everything needed to rebuild and use it; returns ``path``.
+
+    ``choice`` is the :class:`llmbook.pretrained.PretrainedChoice` the encoder came from (it says
+    where the tokenizer and the encoder's configuration live: the bundled MiniLM, a hub name or a
+    local folder). ``labels`` are the class names in class-id order; ``max_length`` the truncation
+    length used in training. Extra ``metadata`` (plain numbers and strings) is stored too. The file
+    is written atomically (through :func:`llmbook.train.save_checkpoint`).
+    """
+    from llmbook.pretrained import PretrainedChoice
+    from llmbook.train import save_checkpoint
+
+    if not isinstance(model, MeanPoolingClassifier):
+        raise TypeError(f"model must be a MeanPoolingClassifier, got {type(model).__name__}")
+    if not isinstance(choice, PretrainedChoice):
+        raise TypeError("choice must be the PretrainedChoice the encoder was loaded from (resolve_pretrained's answer)")
+    names = [str(label) for label in labels]
+    if len(names) != model.num_labels:
+        raise ValueError(f"got {len(names)} label names for a model with {model.num_labels} classes")
+    max_length = require_int("max_length", max_length, minimum=2)
+    return save_checkpoint(
+        model, path, labels=names, max_length=max_length, scale=str(scale),
+        pretrained_requested=choice.requested, pretrained_source=choice.source,
+        pretrained_path=choice.path if choice.source == "local" else choice.requested,
+        model_name=choice.name, dropout=float(model.dropout.p), **metadata,
+    )
+
+
+def load_classifier_checkpoint(path: str | os.PathLike) -> tuple[MeanPoolingClassifier, Any, dict[str, Any]]:
+    """Rebuild a :func:`save_classifier_checkpoint` file: ``(model, tokenizer, metadata)``.
+
+    The model is in ``eval()`` mode on the CPU. ``metadata`` holds ``labels``, ``max_length``,
+    ``scale``, ``model_name`` and whatever else was saved. A missing file raises
+    ``FileNotFoundError`` naming the chapter that writes it.
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from llmbook.pretrained import bundled_checkpoint_path
+    from llmbook.train import _read_checkpoint, load_checkpoint
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path, got {type(path).__name__}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no classifier checkpoint at {path}: run notebooks/06_finetuning.ipynb first")
+    saved = _read_checkpoint(path, True)
+    needed = ("labels", "max_length", "pretrained_source", "pretrained_path", "state_dict")
+    if not isinstance(saved, dict) or any(key not in saved for key in needed):
+        raise ValueError(f"{path} is not a classifier checkpoint (save it with save_classifier_checkpoint)")
+    source = saved["pretrained_source"]
+    folder = str(bundled_checkpoint_path()) if source == "bundled" else saved["pretrained_path"]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoder = AutoModel.from_config(AutoConfig.from_pretrained(folder))
+    model = MeanPoolingClassifier(encoder, len(saved["labels"]), dropout=saved.get("dropout", 0.1))
+    metadata = load_checkpoint(model, path)
+    return model.eval(), tokenizer, metadata
+
+
+__all__ += [
+    "TFIDF_C_GRID",
+    "TfidfBaseline",
+    "classifier_checkpoint_path",
+    "load_classifier_checkpoint",
+    "save_classifier_checkpoint",
+    "tfidf_baseline",
+]

@@ -239,6 +239,7 @@ def train_epoch(
     max_steps: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
     ignore_index: int = IGNORE_INDEX,
+    adversary: Callable[[Callable[[], torch.Tensor], Callable[[torch.Tensor], None]], None] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns ``{"loss": mean training loss, "steps": optimizer steps, "examples": n}``.
 
@@ -253,8 +254,19 @@ def train_epoch(
     of the example counts. A non-finite loss (or, when clipping without a ``GradScaler``, a
     non-finite gradient norm) raises ``FloatingPointError`` naming the step *before* the optimizer
     step, so the weights are never updated with NaN. An empty loader raises ``ValueError``.
+
+    ``adversary`` (adversarial training, robustness chapter; e.g. :class:`llmbook.robust.FGM`) is
+    called after each micro-batch's backward pass as ``adversary(compute_loss, backward)``:
+    ``compute_loss()`` recomputes that micro-batch's weighted loss (under autocast) and
+    ``backward(loss)`` back-propagates it (through the ``GradScaler`` when there is one), so the
+    adversary can perturb the model, add the gradients of the perturbed loss, and undo the
+    perturbation before the optimizer step.
     """
     _check_model(model)
+    if adversary is not None and not callable(adversary):
+        raise TypeError(
+            f"adversary must be callable as adversary(compute_loss, backward), got {type(adversary).__name__}"
+        )
     accumulation_steps = require_int("accumulation_steps", accumulation_steps, minimum=1)
     use_autocast = require_bool("use_autocast", use_autocast)
     _require_positive_number("max_grad_norm", max_grad_norm, allow_none=True)
@@ -285,6 +297,9 @@ def train_epoch(
             loss = loss_sum / max(1, group_size)  # weighted share of the accumulated batch's mean loss
             (scaler.scale(loss) if scaler is not None else loss).backward()
             group_loss += float(loss_sum.detach())
+            if adversary is not None:
+                adversary(_loss_closure(model, batch, ignore_index, group_size, device, use_autocast),
+                          lambda extra: (scaler.scale(extra) if scaler is not None else extra).backward())
         if not math.isfinite(group_loss):
             raise _non_finite_error("training loss", group_loss, steps + 1)
         if scaler is not None:
@@ -309,6 +324,18 @@ def train_epoch(
     if batches_seen == 0:
         raise ValueError("the training loader yielded no batches: check the dataset and the batch size")
     return {"loss": total_loss / max(1, total_examples), "steps": steps, "examples": total_examples}
+
+
+def _loss_closure(
+    model: nn.Module, batch: Batch, ignore_index: int, group_size: int, device: torch.device, use_autocast: bool
+) -> Callable[[], torch.Tensor]:
+    """A function that recomputes one micro-batch's weighted training loss (for an ``adversary``)."""
+
+    def compute_loss() -> torch.Tensor:
+        with autocast(device) if use_autocast else _null():
+            return _forward(model, batch, ignore_index)[1] / max(1, group_size)
+
+    return compute_loss
 
 
 class _null:
@@ -696,6 +723,7 @@ def fit(
     writer: Any | None = None,
     progress: bool = True,
     max_steps: int | None = None,
+    adversary: Callable[[Callable[[], torch.Tensor], Callable[[torch.Tensor], None]], None] | None = None,
 ) -> FitResult:
     """Fine-tune ``model``: AdamW + linear warmup/decay, evaluation, early stopping, best checkpoint.
 
@@ -707,6 +735,8 @@ def fit(
     - ``patience``: stop after that many evaluations without improvement (``None``: never stop early).
     - ``writer``: a ``torch.utils.tensorboard.SummaryWriter`` (anything with ``add_scalar``).
     - ``max_steps`` caps the total number of optimizer steps (the schedule is sized to it).
+    - ``adversary``: adversarial training such as :class:`llmbook.robust.FGM`, passed on to
+      :func:`train_epoch` (``None``: plain training).
 
     The history holds rows ``{"step", "epoch", "train_loss", "lr"}`` every ``log_every`` steps
     and ``{"step", "epoch", "val_loss", "val_accuracy", "val_macro_f1"}`` at each evaluation.
@@ -759,6 +789,10 @@ def fit(
     log_every = require_int("log_every", log_every, minimum=1)
     if max_steps is not None:
         max_steps = require_int("max_steps", max_steps, minimum=1)
+    if adversary is not None and not callable(adversary):
+        raise TypeError(
+            f"adversary must be callable as adversary(compute_loss, backward), got {type(adversary).__name__}"
+        )
     if writer is not None and not callable(getattr(writer, "add_scalar", None)):
         raise TypeError(f"writer must have an add_scalar method (a SummaryWriter), got {type(writer).__name__}")
     if patience is not None and val_loader is None:
@@ -880,6 +914,7 @@ def fit(
                 model, loader, optimizer, scheduler=scheduler, device=device,
                 accumulation_steps=accumulation_steps, max_grad_norm=max_grad_norm,
                 use_autocast=use_autocast, scaler=scaler, max_steps=remaining, on_step=on_step,
+                adversary=adversary,
             )
     except BaseException as exc:
         bar.close()

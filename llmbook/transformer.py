@@ -308,6 +308,22 @@ class Seq2SeqTransformer(nn.Module):
             )
         self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
         self.d_model, self.pad_id, self.max_len = d_model, pad_id, max_len
+        # The constructor's arguments, so a checkpoint can rebuild the same model (save_translation_checkpoint).
+        self.config = dict(
+            src_vocab_size=src_vocab_size,
+            tgt_vocab_size=tgt_vocab_size,
+            d_model=d_model,
+            num_heads=num_heads,
+            num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers,
+            d_ff=d_ff,
+            dropout=dropout,
+            max_len=max_len,
+            pad_id=pad_id,
+            norm_first=norm_first,
+            tie_output=tie_output,
+            share_embeddings=share_embeddings,
+        )
         self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=pad_id)
         self.tgt_embed = self.src_embed if share_embeddings else nn.Embedding(tgt_vocab_size, d_model, padding_idx=pad_id)
         self.positional = PositionalEncoding(d_model, max_len, dropout)
@@ -367,11 +383,26 @@ class Seq2SeqTransformer(nn.Module):
         _check_hidden(memory, self.d_model, "memory")
         if tgt.shape[0] != memory.shape[0]:
             raise ValueError(f"tgt {tuple(tgt.shape)} and memory {tuple(memory.shape)} must share the batch size")
+        return self.output(self._decoder_states(tgt, memory, src_mask))
+
+    def decode_last(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        """Logits ``(batch, tgt_vocab_size)`` of the last target position only: ``decode(...)[:, -1]``.
+
+        What one decoding step needs; it skips projecting every earlier position onto the vocabulary,
+        the largest matrix product of a step when the vocabulary is large.
+        """
+        _check_token_ids(tgt, self.tgt_vocab_size, "tgt")
+        _check_hidden(memory, self.d_model, "memory")
+        if tgt.shape[0] != memory.shape[0]:
+            raise ValueError(f"tgt {tuple(tgt.shape)} and memory {tuple(memory.shape)} must share the batch size")
+        return self.output(self._decoder_states(tgt, memory, src_mask)[:, -1])
+
+    def _decoder_states(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
         tgt_mask = self.make_tgt_mask(tgt)
         y = self._embed(self.tgt_embed, tgt)
         for layer in self.decoder_layers:
             y = layer(y, memory, tgt_mask, src_mask)
-        return self.output(self.decoder_norm(y))
+        return self.decoder_norm(y)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Logits ``(batch, T, tgt_vocab_size)`` for every target position (teacher forcing)."""
@@ -473,6 +504,14 @@ def _check_decode_args(
     return max_len
 
 
+def _last_logits(model: Seq2SeqModel, tokens: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+    """Next-token logits ``(batch, V)``: ``model.decode_last`` when the model has it, else ``decode(...)[:, -1]``."""
+    decode_last = getattr(model, "decode_last", None)
+    if callable(decode_last):
+        return decode_last(tokens, memory, src_mask)
+    return model.decode(tokens, memory, src_mask)[:, -1]
+
+
 def _check_next_token_logits(logits: torch.Tensor, step: int) -> None:
     """Refuse logits that do not define a distribution over the next token.
 
@@ -505,7 +544,7 @@ def greedy_decode(
     tokens = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)
     finished = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
     for step in range(1, max_len + 1):
-        logits = model.decode(tokens, memory, src_mask)[:, -1]
+        logits = _last_logits(model, tokens, memory, src_mask)
         _check_next_token_logits(logits, step)
         next_token = logits.argmax(dim=-1)
         next_token = next_token.masked_fill(finished, eos_id)  # finished rows just repeat <eos>
@@ -569,7 +608,7 @@ def beam_search(
         return raw / (length**length_penalty)
 
     for step in range(1, max_len + 1):
-        logits = model.decode(tokens, memory, src_mask)[:, -1].float()
+        logits = _last_logits(model, tokens, memory, src_mask).float()
         _check_next_token_logits(logits, step)
         log_probs = F.log_softmax(logits, dim=-1)  # (batch * k, V)
         vocab = log_probs.shape[-1]
@@ -619,3 +658,402 @@ def beam_search(
     if return_scores:
         return sequences, [score for score, _ in best]
     return sequences
+
+
+# --------------------------------------------------------------------------------------------------
+# The trained translator: text in, text out; checkpoints; the fixed test set
+# --------------------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "llmbook.translation/1"
+
+
+def normalise_tatoeba(text: str, *, french: bool = False) -> str:
+    """The Transformer chapter's text normalisation of a Tatoeba sentence (section 1.2 of the chapter).
+
+    Unicode NFKC (no-break, narrow no-break and thin spaces become plain spaces), straight
+    apostrophes, no soft hyphens, single spaces; for French (``french=True``) exactly one space
+    before ``? ! : ;``. Case and punctuation are kept: they are part of a correct translation.
+    """
+    import re
+    import unicodedata
+
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    text = unicodedata.normalize("NFKC", text)
+    text = text.replace("\u00ad", "").replace("\u2019", "'").replace("\u2018", "'")
+    if french:
+        text = re.sub(r"\s*([?!:;])", r" \1", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def tatoeba_test_set(n: int | None = None, split: str = "test"):
+    """The chapter's test set: distinct English sentences of ``tatoeba_fra_eng_full`` with all their references.
+
+    Returns a DataFrame with columns ``english`` (normalised, str) and ``references`` (the list of
+    its normalised French translations in file order, at least one), in the split's fixed order;
+    ``n`` keeps the first ``n`` sentences (the chapter scores the first ``n_test``, recorded in its
+    checkpoint's metadata, so the evaluation chapter scores the same sentences). ``split`` may also
+    be ``"validation"``.
+    """
+    import pandas as pd
+
+    from llmbook.data import load_dataset
+
+    if split not in ("validation", "test"):
+        raise ValueError(f"split must be 'validation' or 'test', got {split!r}")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n <= 0):
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    frame = load_dataset("tatoeba_fra_eng_full", split)
+    grouped: dict[str, list[str]] = {}
+    for english, french in zip(frame.english, frame.french):
+        refs = grouped.setdefault(normalise_tatoeba(english), [])
+        french = normalise_tatoeba(french, french=True)
+        if french not in refs:
+            refs.append(french)
+    items = list(grouped.items())[:n]
+    return pd.DataFrame({"english": [e for e, _ in items], "references": [r for _, r in items]})
+
+
+def _special_id(tokenizer, token: str) -> int:
+    token_id = tokenizer.token_to_id(token)
+    if token_id is None:
+        raise ValueError(f"the tokenizer has no {token!r} token: train it with special_tokens that include {token!r}")
+    return int(token_id)
+
+
+def _check_tokenizer(tokenizer) -> None:
+    if not all(hasattr(tokenizer, name) for name in ("to_str", "encode_batch", "decode_batch", "token_to_id")):
+        raise TypeError(f"tokenizer must be a tokenizers.Tokenizer, got {type(tokenizer).__name__}")
+
+
+@torch.no_grad()
+def translate(
+    model: Seq2SeqTransformer,
+    tokenizer,
+    sentences: list[str],
+    *,
+    beam_size: int = 1,
+    length_penalty: float = 0.6,
+    batch_size: int = 100,
+    max_extra_tokens: int = 10,
+    normalise: bool = True,
+    bos_token: str = "<bos>",
+    eos_token: str = "<eos>",
+) -> list[str]:
+    """Translate English sentences with a trained :class:`Seq2SeqTransformer` and its ``tokenizers.Tokenizer``.
+
+    ``beam_size=1`` is :func:`greedy_decode`, larger values :func:`beam_search` with
+    ``length_penalty``. Each batch may generate up to its longest source length plus
+    ``max_extra_tokens`` tokens (capped by the model's ``max_len``). With ``normalise`` the inputs go
+    through :func:`normalise_tatoeba` first, as the training data did. Puts the model in eval mode
+    and runs on the device its parameters are on. Returns one str per sentence.
+    """
+    _check_tokenizer(tokenizer)
+    if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
+        raise TypeError("sentences must be a list of str (wrap a single sentence in a list)")
+    _check_positive(beam_size=beam_size, batch_size=batch_size)
+    if not isinstance(max_extra_tokens, int) or isinstance(max_extra_tokens, bool) or max_extra_tokens < 0:
+        raise ValueError(f"max_extra_tokens must be an int >= 0, got {max_extra_tokens!r}")
+    normalise = require_bool("normalise", normalise)
+    bos, eos = _special_id(tokenizer, bos_token), _special_id(tokenizer, eos_token)
+    texts = [normalise_tatoeba(s) if normalise else s for s in sentences]
+    device = next(model.parameters()).device
+    model.eval()
+    out: list[str] = []
+    empty = [i for i, text in enumerate(texts) if not tokenizer.encode(text).ids]
+    if empty:
+        raise ValueError(
+            f"sentences {empty[:5]} are empty (nothing to translate after normalisation); remove them first"
+        )
+    for start in range(0, len(texts), batch_size):
+        encoded = [e.ids for e in tokenizer.encode_batch(texts[start : start + batch_size])]
+        width = max(len(ids) for ids in encoded)
+        if width > model.max_len:
+            raise ValueError(
+                f"a sentence is {width} tokens long, more than the model's max_len={model.max_len}; shorten or split it"
+            )
+        src = torch.tensor([ids + [model.pad_id] * (width - len(ids)) for ids in encoded], device=device)
+        max_len = min(model.max_len, width + max_extra_tokens)
+        if beam_size == 1:
+            hyps = greedy_decode(model, src, bos_id=bos, eos_id=eos, max_len=max_len)
+        else:
+            hyps = beam_search(
+                model, src, bos_id=bos, eos_id=eos, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty
+            )
+        out += tokenizer.decode_batch(hyps)
+    return out
+
+
+def _write_atomically(path, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    import contextlib
+    import os
+    import tempfile
+
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def save_translation_checkpoint(
+    path,
+    model: Seq2SeqTransformer,
+    tokenizer,
+    *,
+    scale: str,
+    metadata: dict | None = None,
+):
+    """Save a trained translator to ``path`` (one file, written atomically); returns the path.
+
+    The file holds the model's constructor arguments (``model.config``) and weights, the tokenizer
+    (``tokenizer.to_str()``), the scale it was trained at, and ``metadata``: a dict of str keys and
+    plain values (numbers, str, bool, None, lists and dicts of them) such as the training
+    configuration, the BLEU it reached and ``n_test`` (how many sentences of
+    :func:`tatoeba_test_set` it was scored on). :func:`load_translation_checkpoint` reads it back.
+    """
+    import json
+    from pathlib import Path
+
+    if not isinstance(model, Seq2SeqTransformer):
+        raise TypeError(f"model must be a Seq2SeqTransformer, got {type(model).__name__}")
+    _check_tokenizer(tokenizer)
+    if not isinstance(scale, str) or not scale:
+        raise ValueError(f"scale must be a non-empty str such as 'cpu', got {scale!r}")
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        metadata_json = json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must hold only plain values (numbers, str, lists, dicts): {exc}") from None
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist: create it (e.g. with llmbook.runtime.run_dir)")
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": dict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "tokenizer": tokenizer.to_str(),
+        "scale": scale,
+        "metadata": metadata_json,
+    }
+    _write_atomically(path, lambda file: torch.save(payload, file))
+    return path
+
+
+def load_translation_checkpoint(path, *, device: str | torch.device = "cpu"):
+    """Read a file of :func:`save_translation_checkpoint`: returns ``(model, tokenizer, info)``.
+
+    ``model`` is the :class:`Seq2SeqTransformer` in eval mode on ``device``, ``tokenizer`` the
+    ``tokenizers.Tokenizer``, and ``info`` a dict with ``scale``, ``config`` and ``metadata``.
+    A missing file raises ``FileNotFoundError``, a file that is not such a checkpoint ``ValueError``.
+    """
+    import json
+    import pickle
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no translation checkpoint at {path}: run notebooks/03_transformer.ipynb at this scale first"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"{path} is not a readable translation checkpoint ({type(exc).__name__}); rerun chapter 3") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a translation checkpoint of llmbook ({CHECKPOINT_FORMAT}); rerun chapter 3")
+    model = Seq2SeqTransformer(**payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    tokenizer = Tokenizer.from_str(payload["tokenizer"])
+    info = {"scale": payload["scale"], "config": dict(payload["config"]), "metadata": json.loads(payload["metadata"])}
+    return model, tokenizer, info
+
+
+@torch.no_grad()
+def cross_attention_weights(model: Seq2SeqTransformer, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    """The decoder's cross-attention weights, ``(num_decoder_layers, batch, heads, T, S)``.
+
+    Runs the model on source ids ``src`` ``(batch, S)`` and decoder input ``tgt_in`` ``(batch, T)``
+    (``<bos>`` then the translation) in eval mode and records, for every decoder layer, how much
+    each target position's query attends to each source token. Each row sums to 1 over the real
+    (non-padding) source tokens.
+    """
+    if not isinstance(model, Seq2SeqTransformer):
+        raise TypeError(f"model must be a Seq2SeqTransformer, got {type(model).__name__}")
+    model.eval()
+    recorded: list[torch.Tensor] = []
+    hooks = [
+        layer.cross_attn.register_forward_hook(lambda module, args, output: recorded.append(output[1].detach()))
+        for layer in model.decoder_layers
+    ]
+    try:
+        model(src, tgt_in)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.stack(recorded)
+
+
+__all__ += [
+    "normalise_tatoeba",
+    "tatoeba_test_set",
+    "translate",
+    "save_translation_checkpoint",
+    "load_translation_checkpoint",
+    "cross_attention_weights",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Training the chapter's translator in one call (the evaluation chapter's fallback)
+# --------------------------------------------------------------------------------------------------
+
+TRANSLATION_SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int, *, min_frequency: int = 2):
+    """The chapter's joint BPE tokenizer: Metaspace + punctuation pre-tokenizer, specials ``<pad> <unk> <bos> <eos>``.
+
+    Trained on ``texts`` (the English and French training sentences); ids 0-3 are the specials in that
+    order. Decoding is exact: ``tokenizer.decode(tokenizer.encode(t).ids) == t`` for normalised text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    _check_positive(vocab_size=vocab_size)
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(TRANSLATION_SPECIALS), min_frequency=min_frequency, show_progress=False
+    )
+    tokenizer.train_from_iterator(list(texts), trainer)
+    return tokenizer
+
+
+def token_budget_batches(
+    src: list[list[int]],
+    tgt: list[list[int]],
+    max_tokens: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Indices of sentence pairs grouped into batches of at most ``max_tokens`` padded tokens per side.
+
+    Pairs are sorted by (source length, target length) — after a shuffle with ``generator`` if one is
+    given, so equal lengths come in random order — and cut greedily so that
+    ``len(batch) * max(longest source, longest target + 2)`` stays within ``max_tokens`` (the
+    target gets ``<bos>`` and ``<eos>``); a single pair longer than the budget is a batch of its own.
+    With ``generator`` the batches are returned in random order.
+    """
+    if len(src) != len(tgt):
+        raise ValueError(f"src and tgt must have the same number of sentences, got {len(src)} and {len(tgt)}")
+    _check_positive(max_tokens=max_tokens)
+    order = torch.randperm(len(src), generator=generator).tolist() if generator is not None else list(range(len(src)))
+    order.sort(key=lambda i: (len(src[i]), len(tgt[i])))
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    width = 0
+    for i in order:
+        new_width = max(width, len(src[i]), len(tgt[i]) + 2)
+        if batch and new_width * (len(batch) + 1) > max_tokens:
+            batches.append(batch)
+            batch, new_width = [], max(len(src[i]), len(tgt[i]) + 2)
+        batch.append(i)
+        width = new_width
+    if batch:
+        batches.append(batch)
+    if generator is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def train_translation_model(cfg: dict, *, seed: int = 0, device: str | torch.device = "cpu", progress: bool = True):
+    """Train the chapter's English→French translator from a sizes dict; returns ``(model, tokenizer, info)``.
+
+    ``cfg`` has the keys of the chapter's sizes cell (``n_train`` (None = all), ``vocab``,
+    ``max_tokens``, ``d_model``, ``heads``, ``layers``, ``d_ff``, ``dropout``, ``batch_tokens``,
+    ``steps``, ``warmup``, ``lr``; others are ignored). The recipe is the chapter's: normalised
+    ``tatoeba_fra_eng_full`` training pairs, a joint BPE tokenizer, pairs of at most ``max_tokens``
+    tokens per side, token-budget batches, a pre-LN Transformer with all embeddings shared and tied,
+    label smoothing 0.1, AdamW (β₂ = 0.98, weight decay 0.01), linear warmup + cosine decay, gradient
+    clipping at 1. ``info`` has ``steps`` and ``train_seconds``. The evaluation chapter calls it when
+    chapter 3's checkpoint is missing.
+    """
+    import time
+
+    from transformers import get_cosine_schedule_with_warmup
+
+    from llmbook.data import load_dataset
+
+    required = ("n_train", "vocab", "max_tokens", "d_model", "heads", "layers", "d_ff", "dropout",
+                "batch_tokens", "steps", "warmup", "lr")
+    missing = [key for key in required if key not in cfg]
+    if missing:
+        raise ValueError(f"cfg lacks {', '.join(missing)}: pass the chapter's sizes dict (CFG of notebooks/03)")
+    progress = require_bool("progress", progress)
+    torch.manual_seed(seed)
+    train = load_dataset("tatoeba_fra_eng_full", "train").iloc[: cfg["n_train"]]
+    english = [normalise_tatoeba(t) for t in train.english]
+    french = [normalise_tatoeba(t, french=True) for t in train.french]
+    tokenizer = train_bpe_tokenizer(english + french, cfg["vocab"])
+    pad, bos, eos = (_special_id(tokenizer, t) for t in ("<pad>", "<bos>", "<eos>"))
+    src = [e.ids for e in tokenizer.encode_batch(english)]
+    tgt = [e.ids for e in tokenizer.encode_batch(french)]
+    keep = [i for i in range(len(src)) if len(src[i]) <= cfg["max_tokens"] and len(tgt[i]) <= cfg["max_tokens"]]
+    src, tgt = [src[i] for i in keep], [tgt[i] for i in keep]
+    vocab = tokenizer.get_vocab_size()
+    model = Seq2SeqTransformer(
+        vocab, vocab, d_model=cfg["d_model"], num_heads=cfg["heads"], num_encoder_layers=cfg["layers"],
+        num_decoder_layers=cfg["layers"], d_ff=cfg["d_ff"], dropout=cfg["dropout"], max_len=128, pad_id=pad,
+        norm_first=True, tie_output=True, share_embeddings=True,
+    ).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.98), weight_decay=0.01)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg["warmup"], cfg["steps"])
+    criterion = nn.CrossEntropyLoss(ignore_index=pad, label_smoothing=0.1)
+
+    def padded(seqs: list[list[int]]) -> torch.Tensor:
+        width = max(len(s) for s in seqs)
+        return torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+
+    generator = torch.Generator().manual_seed(seed)
+    step, start = 0, time.perf_counter()
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg["steps"], desc="training the translator")
+    model.train()
+    while step < cfg["steps"]:
+        for batch in token_budget_batches(src, tgt, cfg["batch_tokens"], generator=generator):
+            batch_src = padded([src[i] for i in batch])
+            batch_tgt = padded([[bos] + tgt[i] + [eos] for i in batch])
+            logits = model(batch_src, batch_tgt[:, :-1])
+            loss = criterion(logits.float().reshape(-1, vocab), batch_tgt[:, 1:].reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if progress:
+                bar.update(1)
+            if step == cfg["steps"]:
+                break
+    if progress:
+        bar.close()
+    model.eval()
+    return model, tokenizer, {"steps": step, "train_seconds": time.perf_counter() - start}
+
+
+__all__ += ["train_bpe_tokenizer", "token_budget_batches", "train_translation_model"]

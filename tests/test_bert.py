@@ -503,3 +503,45 @@ def test_folder_without_weights_says_what_was_looked_for(tmp_path):
         BertModel.from_pretrained(tmp_path / "bert-base-uncased")
     with pytest.raises(TypeError, match="folder must be a path"):
         bert.load_hf_state_dict(None)
+
+
+# ----------------------------------------------------------------------------------------------
+# The bigram baseline of the pretraining section
+# ----------------------------------------------------------------------------------------------
+
+from llmbook.bert import BigramMLMBaseline  # noqa: E402
+
+
+def toy_bigram():
+    ids = torch.tensor([[0, 5, 6, 7, 1], [0, 5, 6, 8, 1], [0, 7, 5, 6, 1], [0, 9, 9, 9, 1]])
+    return BigramMLMBaseline(ids, vocab_size=10, special_ids=[0, 1, 2])
+
+
+def test_bigram_baseline_distributions_sum_to_one_and_back_off_to_the_unigram():
+    baseline = toy_bigram()
+    for left in range(10):
+        assert float(baseline.distribution(left).sum()) == pytest.approx(1.0, abs=1e-12)
+    # [MASK] (id 2) never precedes anything in unmasked text: the unigram distribution, exactly.
+    torch.testing.assert_close(baseline.distribution(2), baseline.unigram)
+    # Witten-Bell: after 5 (seen 3 times, always followed by 6) lambda = 3 / (3 + 1).
+    assert float(baseline.prob(torch.tensor([5]), torch.tensor([6]))) == pytest.approx(
+        0.75 * 1.0 + 0.25 * float(baseline.unigram[6]))
+
+
+def test_bigram_baseline_uses_the_visible_left_neighbour():
+    baseline = toy_bigram()
+    labels = torch.tensor([[-100, -100, 6, -100, -100]])
+    seen = baseline.evaluate(torch.tensor([[0, 5, 2, 7, 1]]), labels)
+    hidden = baseline.evaluate(torch.tensor([[0, 2, 2, 7, 1]]), labels)  # left neighbour masked as well
+    assert seen["bigram accuracy"] == 1.0
+    assert seen["bigram cross-entropy"] < hidden["bigram cross-entropy"]
+    assert hidden["bigram cross-entropy"] == pytest.approx(-float(baseline.unigram[6].log()))
+
+
+def test_bigram_baseline_rejects_bad_input():
+    with pytest.raises(ValueError, match="vocabulary"):
+        BigramMLMBaseline(torch.tensor([[0, 12]]), vocab_size=10, special_ids=[0])
+    with pytest.raises(ValueError, match="no left neighbour"):
+        toy_bigram().evaluate(torch.tensor([[5, 6]]), torch.tensor([[5, -100]]))
+    with pytest.raises(ValueError, match="no position"):
+        toy_bigram().evaluate(torch.tensor([[0, 6]]), torch.tensor([[-100, -100]]))

@@ -52,17 +52,161 @@ def test_config_points_launch_buttons_at_the_setup_cells_repository():
 def test_readme_states_the_commands_and_a_working_badge():
     readme = (ROOT / "README.md").read_text()
     assert colab_url("notebooks/00_getting_started.ipynb") in readme
-    for command in ("pip install -r requirements.txt", "pytest", "LLMBOOK_SCALE=smoke pytest --nbmake notebooks/",
-                    "jupyter-book build ."):
+    for command in ("pip install -r requirements.txt", "pytest", "pytest --nbmake notebooks/", "jupyter-book build ."):
         assert command in readme, command
+
+
+def test_plain_pytest_is_the_whole_suite():
+    """README promises one command: pytest's testpaths/addopts must include the notebooks through nbmake."""
+    import tomllib
+
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert options["testpaths"] == ["tests", "notebooks"]
+    assert "--nbmake" in options["addopts"].split()
+
+
+def _root_conftest():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("llmbook_root_conftest", ROOT / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebooks_default_to_smoke_scale_under_nbmake_but_an_explicit_scale_wins():
+    default = _root_conftest().default_notebook_scale
+    environ = {}
+    assert default(environ, nbmake_enabled=True) == "smoke" and environ["LLMBOOK_SCALE"] == "smoke"
+    environ = {"LLMBOOK_SCALE": "cpu"}
+    assert default(environ, nbmake_enabled=True) == "cpu" and environ["LLMBOOK_SCALE"] == "cpu"
+    environ = {}
+    assert default(environ, nbmake_enabled=False) is None and "LLMBOOK_SCALE" not in environ
+
+
+@pytest.mark.parametrize("explicit, expected", [(None, "smoke"), ("cpu", "cpu")])
+def test_pytest_runs_notebooks_at_smoke_scale_unless_a_scale_is_given(tmp_path, explicit, expected):
+    """End to end: a notebook run by nbmake under the repository's conftest sees LLMBOOK_SCALE."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = tmp_path / "probe.ipynb"
+    seen = tmp_path / "seen.txt"
+    code = f"import os, pathlib\npathlib.Path({str(seen)!r}).write_text(os.environ.get('LLMBOOK_SCALE', '<unset>'))"
+    probe.write_text(json.dumps({"cells": [{"cell_type": "code", "execution_count": None, "metadata": {},
+                                            "outputs": [], "source": code}],
+                                 "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                             "language": "python"}},
+                                 "nbformat": 4, "nbformat_minor": 5}))
+    env = {k: v for k, v in os.environ.items() if k != "LLMBOOK_SCALE"}
+    if explicit:
+        env["LLMBOOK_SCALE"] = explicit
+    # -p conftest loads the repository's conftest.py for a notebook outside the repository.
+    result = subprocess.run([sys.executable, "-m", "pytest", "-c", "pyproject.toml", "-p", "conftest", "-q",
+                             "-p", "no:cacheprovider", str(probe)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert seen.read_text() == expected
+
+
+def test_smoke_times_are_merged_into_one_json(tmp_path):
+    import json
+
+    write = _root_conftest().write_smoke_times
+    path = tmp_path / "_build" / "smoke_times.json"
+    write({"notebooks/00_a.ipynb": 3.0}, path)
+    write({"notebooks/01_b.ipynb": 4.5}, path)
+    data = json.loads(path.read_text())
+    assert data["scale"] == "smoke"
+    assert data["notebooks"] == {"notebooks/00_a.ipynb": 3.0, "notebooks/01_b.ipynb": 4.5}
+    assert [p.name for p in path.parent.iterdir()] == ["smoke_times.json"]  # no temporary file left
+
+
+def _ext_module(name):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "_ext" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_footer_doc_links_resolve_relative_to_each_page():
+    resolve = _ext_module("llmbook_book").resolve_doc_links
+    footer = yaml.safe_load((ROOT / "_config.yml").read_text())["html"]["extra_footer"]
+    assert 'href="doc:book/data-credits"' in footer
+    from_chapter = resolve(footer, lambda doc: "../" + doc + ".html")  # what Sphinx's pathto gives there
+    assert 'href="../book/data-credits.html"' in from_chapter and "doc:" not in from_chapter
+
+
+def test_bibliography_labels_are_author_year():
+    from pybtex.database import Entry, Person
+
+    label = _ext_module("llmbook_book").author_year_label
+
+    def entry(*authors, year="2017"):
+        return Entry("article", fields={"year": year}, persons={"author": [Person(a) for a in authors]})
+
+    assert label(entry("Vaswani, Ashish", "Shazeer, Noam", "Parmar, Niki")) == "Vaswani et al., 2017"
+    assert label(entry("Reimers, Nils", "Gurevych, Iryna", year="2019")) == "Reimers and Gurevych, 2019"
+    assert label(entry("Rush, Alexander", year="2018")) == "Rush, 2018"
+    assert "Temčinas" in (ROOT / "book" / "references.bib").read_text(encoding="utf-8")
+
+
+def test_duplicate_inline_scripts_are_dropped():
+    from types import SimpleNamespace as Script
+
+    unique = _ext_module("llmbook_book").unique_scripts
+    thebe = dict(body="const THEBE_JS_URL = 1")
+    scripts = [Script(filename=None, attributes=thebe), Script(filename="a.js", attributes={}),
+               Script(filename="", attributes=thebe)]
+    assert unique(scripts) == scripts[:2]
+
+
+def test_chapter_times_table_comes_from_the_stamps(tmp_path):
+    import json
+
+    book = _ext_module("llmbook_book")
+    stamped = {"cells": [{"cell_type": "markdown", "source": ["# Chapter A\n"]}],
+               "metadata": {"llmbook": {"scale": "cpu", "device": "cpu (2 cores)", "executed_in": "1391 s"}}}
+    (tmp_path / "00_a.ipynb").write_text(json.dumps(stamped))
+    (tmp_path / "01_b.ipynb").write_text(json.dumps({"cells": [], "metadata": {}}))
+    smoke = tmp_path / "smoke_times.json"
+    smoke.write_text(json.dumps({"notebooks": {"notebooks/00_a.ipynb": 12.34}}))
+    rows = book.chapter_time_rows(tmp_path, smoke)
+    table = book.chapter_times_markdown(rows, have_smoke=True)
+    assert "| {doc}`Chapter A </notebooks/00_a>` | cpu | cpu (2 cores) | 23 min | 12 s |" in table
+    assert "| {doc}`01_b </notebooks/01_b>` | not yet stamped | — | — | — |" in table
+    assert "measured in CI" in book.chapter_times_markdown(rows, have_smoke=False)
+
+
+def test_vendored_assets_are_checked_against_their_pinned_integrity():
+    import base64
+    import hashlib
+
+    static = _ext_module("llmbook_static")
+    data = b"tarball bytes"
+    good = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+    static.check_integrity(data, good, "x")
+    with pytest.raises(static.VendorError, match="sha512 mismatch"):
+        static.check_integrity(data + b"!", good, "x")
+    for package in static.PACKAGES:  # every download is pinned to a version and a sha512
+        assert package.integrity.startswith("sha512-") and re.fullmatch(r"\d+\.\d+\.\d+", package.version)
 
 
 def test_ci_runs_what_the_readme_says():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "set -euo pipefail" in ci
-    for command in ("pip install torch==2.13.0", "pip install -r requirements.txt", "LLMBOOK_SCALE=smoke",
-                    "--nbmake notebooks/", "jupyter-book build . -W"):
+    for command in ("pip install torch==2.13.0", "pip install -r requirements.txt", "run_pytest pytest ",
+                    "python _ext/llmbook_static.py", "jupyter-book build . -W", "apt-get install",
+                    "LLMBOOK_REQUIRE_BROWSER=1 pytest tests/test_book_site.py"):
         assert command in ci, command
+    # the suite, then the build, then the browser test reading that build
+    assert ci.index("run_pytest pytest ") < ci.index("jupyter-book build . -W") < ci.index("test_book_site.py")
 
 
 def test_requirements_use_ranges_not_pins():

@@ -150,8 +150,9 @@ def test_shipped_files_are_the_shared_data_byte_for_byte():
     for info in DATASETS.values():
         for filename in info.files:
             raw = data.read_verified_bytes(info.name, filename)
-            assert raw == (SHARED_DATA / info.name / filename.removesuffix(".xz")).read_bytes(), filename
-    assert sorted(p.name for p in shipped.iterdir()) == sorted([*DATASETS, *data.BOOK_DATA])
+            assert raw == (SHARED_DATA / info.data_folder() / filename.removesuffix(".xz")).read_bytes(), filename
+    folders = {info.data_folder() for info in DATASETS.values()}
+    assert sorted(p.name for p in shipped.iterdir()) == sorted([*folders, *data.BOOK_DATA])
 
 
 def test_packing_compresses_and_verifies(tmp_path, monkeypatch):
@@ -172,9 +173,9 @@ def test_packing_compresses_and_verifies(tmp_path, monkeypatch):
 def test_packing_refuses_a_file_that_differs_from_upstream(tmp_path):
     source = tmp_path / "src"
     for info in DATASETS.values():
-        (source / info.name).mkdir(parents=True)
+        (source / info.data_folder()).mkdir(parents=True, exist_ok=True)
         for filename in info.files:
-            (source / info.name / filename.removesuffix(".xz")).write_text("not the real file")
+            (source / info.data_folder() / filename.removesuffix(".xz")).write_text("not the real file")
     with pytest.raises(DataChecksumError, match="does not match the registry's sha256"):
         data.pack_shared_data(source, tmp_path / "out")
 
@@ -240,3 +241,23 @@ def test_pack_command_reports_problems_in_one_line(tmp_path, capsys):
     assert data.main([str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "is not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_full_tatoeba_is_split_by_english_sentence():
+    splits = {s: load_dataset("tatoeba_fra_eng_full", s) for s in ("train", "validation", "test")}
+    assert sum(len(f) for f in splits.values()) == 142_787
+    keys = {s: set(f.english.map(data.tatoeba_english_key)) for s, f in splits.items()}
+    assert sum(len(k) for k in keys.values()) == len(set.union(*keys.values()))  # no English sentence in two splits
+    assert (len(keys["validation"]), len(keys["test"])) == (4_932, 4_934)  # 5% each of the distinct sentences
+    # Invisible differences do not make two sentences: U+00A0 and a curly apostrophe map to the same key.
+    assert data.tatoeba_english_key("It\u2019s\u00a0here. ") == data.tatoeba_english_key("It's here.")
+    # The split is shuffled (the file is sorted by length): the test split has short and long sentences.
+    lengths = splits["test"].english.str.len()
+    assert lengths.iloc[:100].mean() > 15 and lengths.max() > 100
+
+
+def test_full_tatoeba_shares_its_folder_with_the_sample():
+    assert dataset_info("tatoeba_fra_eng_full").data_folder() == dataset_info("tatoeba_fra_eng").data_folder()
+    assert data.read_verified_bytes("tatoeba_fra_eng_full", "_about.txt") == data.read_verified_bytes(
+        "tatoeba_fra_eng", "_about.txt"
+    )

@@ -298,3 +298,115 @@ def test_boolean_flags_refuse_strings():
         generate(model, prompt, 3, greedy="false")
     with pytest.raises(TypeError, match="GPTConfig.bias must be True or False"):
         GPTConfig(bias="false")
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints (chapter 4 saves, chapter 7 loads) and GPT-2 weights
+# ----------------------------------------------------------------------------------------------
+
+from llmbook import gpt as gpt_module  # noqa: E402
+
+
+def test_checkpoint_round_trip_gives_the_same_logits_vocabulary_and_metadata(tmp_path):
+    model = tiny(gelu_approximate="tanh")
+    chars = list("abcdefghij\n")
+    path = gpt_module.save_gpt_checkpoint(tmp_path / "gpt_smoke.pt", model, chars, scale="smoke",
+                                          metadata={"val_loss": 1.5, "steps": 40})
+    assert [p.name for p in tmp_path.iterdir()] == ["gpt_smoke.pt"]  # no temporary file left behind
+    loaded, loaded_chars, meta = gpt_module.load_gpt_checkpoint(path)
+    assert loaded_chars == chars and loaded.config == model.config and not loaded.training
+    assert meta == {"val_loss": 1.5, "steps": 40, "dataset": "tiny_shakespeare",
+                    "validation_split": "validation", "scale": "smoke"}
+    idx = torch.randint(0, 11, (2, 9), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded(idx)[0], model(idx)[0], rtol=0, atol=0)
+    assert loaded.lm_head.weight is loaded.tok_emb.weight  # the tie survives loading
+
+
+def test_checkpoint_encode_decode_and_unknown_characters(tmp_path):
+    ckpt_path = gpt_module.save_gpt_checkpoint(tmp_path / "g.pt", tiny(), "abcdefghij\n", scale="cpu")
+    ckpt = gpt_module.load_gpt_checkpoint(ckpt_path)
+    ids = ckpt.encode("bad\nhi")
+    assert ids.dtype == torch.long and ckpt.decode(ids) == "bad\nhi"
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        ckpt.encode("bad Z")
+
+
+def test_checkpoint_rejects_a_vocabulary_of_the_wrong_size_and_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="vocab_size is 11"):
+        gpt_module.save_gpt_checkpoint(tmp_path / "g.pt", tiny(), list("abc"))
+    with pytest.raises(ValueError, match="twice"):
+        gpt_module.save_gpt_checkpoint(tmp_path / "g.pt", tiny(), list("aacdefghij\n"))
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(FileNotFoundError, match="run the GPT chapter"):
+        gpt_module.load_gpt_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable GPT checkpoint"):
+        gpt_module.load_gpt_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a GPT checkpoint"):
+        gpt_module.load_gpt_checkpoint(tmp_path / "other.pt")
+
+
+def test_gelu_approximate_is_checked_and_changes_the_function():
+    with pytest.raises(ValueError, match="gelu_approximate"):
+        GPTConfig(gelu_approximate="fast")
+    idx = torch.randint(0, 11, (1, 8), generator=torch.Generator().manual_seed(0))
+    exact, tanh = tiny(), tiny(gelu_approximate="tanh")
+    tanh.load_state_dict(exact.state_dict())
+    assert not torch.equal(exact(idx)[0], tanh(idx)[0])
+
+
+def small_hf_gpt2(**kw):
+    transformers = pytest.importorskip("transformers")
+    settings = dict(vocab_size=50, n_positions=24, n_embd=32, n_layer=2, n_head=4, bos_token_id=0,
+                    eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    settings.update(kw)
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**settings)).eval()
+    with torch.no_grad():  # GPT-2 initialises biases and LayerNorms to constants: make them informative
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return hf
+
+
+@pytest.mark.parametrize("impl", ["naive", "sdpa"])
+def test_gpt2_weights_give_transformers_logits(impl):
+    hf = small_hf_gpt2()
+    ours = gpt_module.gpt_from_gpt2(hf, attn_impl=impl)
+    assert ours.config.gelu_approximate == "tanh" and ours.config.block_size == 24
+    idx = torch.randint(0, 50, (3, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(idx).logits
+        got, _ = ours(idx)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # The KV cache path gives the same next-token choice as transformers' own greedy decoding.
+    prompt = idx[:1, :5]
+    theirs = hf.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(generate(ours, prompt, 8, greedy=True), theirs)
+
+
+def test_gpt2_conversion_rejects_what_our_model_cannot_compute():
+    with pytest.raises(ValueError, match="layer_norm_epsilon"):
+        gpt_module.config_from_gpt2(small_hf_gpt2(layer_norm_epsilon=1e-6).config)
+    with pytest.raises(ValueError, match="activation"):
+        gpt_module.config_from_gpt2(small_hf_gpt2(activation_function="relu").config)
+    hf = small_hf_gpt2()
+    config = gpt_module.config_from_gpt2(hf.config)
+    state = dict(hf.state_dict())
+    del state["transformer.h.1.mlp.c_fc.bias"]
+    with pytest.raises(KeyError, match="h.1.mlp.c_fc.bias"):
+        gpt_module.convert_gpt2_state_dict(state, config)
+    state = dict(hf.state_dict(), **{"transformer.h.0.attn.extra.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="no place"):
+        gpt_module.convert_gpt2_state_dict(state, config)
+
+
+def test_forward_traces_without_graph_breaks_for_torch_compile():
+    from llmbook import gpt
+
+    # the token-id range checks read tensor values; under torch.compile they would split the graph
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=16, attn_impl="sdpa"))
+    idx = torch.randint(0, 20, (2, 8))
+    explanation = torch._dynamo.explain(model)(idx, idx)
+    assert explanation.graph_break_count == 0, explanation.break_reasons

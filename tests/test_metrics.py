@@ -828,3 +828,34 @@ def test_ranking_metrics_errors():
         mean_reciprocal_rank([], [])
     with pytest.raises(TypeError, match="ranked must hold one list"):
         mean_reciprocal_rank("abc", ["a"])
+
+
+# --- chrF statistics (issue 21) -------------------------------------------------------------------
+
+def test_chrf_from_statistics_equals_sacrebleu_with_uneven_references():
+    import sacrebleu
+
+    from llmbook.metrics import chrf_from_statistics, chrf_statistics
+
+    hyps = ["le chat est sur le tapis", "il fait beau", "je ne sais pas"]
+    refs = [["le chat est assis sur le tapis", "un chat sur le tapis"], ["il fait beau aujourd'hui"],
+            ["je sais pas", "je ne le sais pas"]]
+    stats = chrf_statistics(hyps, refs)
+    assert stats.shape[0] == 3
+    padded = [[r[k] if k < len(r) else r[0] for r in refs] for k in range(2)]
+    expected = sacrebleu.corpus_chrf(hyps, padded).score
+    assert chrf_from_statistics(stats) == pytest.approx(expected, abs=1e-9)
+    # a subset of rows is the chrF of that subset
+    assert chrf_from_statistics(stats[:2]) == pytest.approx(
+        sacrebleu.corpus_chrf(hyps[:2], [[r[k] if k < len(r) else r[0] for r in refs[:2]] for k in range(2)]).score)
+
+
+def test_chrf_statistics_rejects_mismatched_references():
+    from llmbook.metrics import chrf_from_statistics, chrf_statistics
+
+    with pytest.raises(ValueError, match="one list of reference strings per hypothesis"):
+        chrf_statistics(["a b"], [["a"], ["b"]])
+    with pytest.raises(ValueError, match=r"references\[0\]"):
+        chrf_statistics(["a b"], [[]])
+    with pytest.raises(ValueError, match="2-D"):
+        chrf_from_statistics(np.zeros(3))

@@ -1,5 +1,7 @@
 """Tests of llmbook.notebooks: the setup cell, the checks on committed notebooks, and `run`."""
 
+import copy
+
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
@@ -209,3 +211,181 @@ def test_run_timeout_must_be_positive(tmp_path, capsys, bad):
     assert "must be a whole number of seconds, at least 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="timeout must be at least 1"):
         run_notebook(path, "smoke", timeout=int(bad) if bad.lstrip("-").isdigit() else 0)
+
+
+# --- progress bars as text -------------------------------------------------------------------------
+
+BAR_CELL = (
+    "from tqdm.auto import tqdm\n"
+    "for _ in tqdm(range(3), desc='demo'):\n"
+    "    pass\n"
+    "for _ in tqdm(range(2), desc='hidden', leave=False):\n"
+    "    pass\n"
+    "print('done')"
+)
+WIDGET_CELL = (
+    "import ipywidgets\n"
+    "slider = ipywidgets.IntSlider(value=4, description='n')\n"
+    "other = ipywidgets.IntSlider(value=2)\n"
+    "link = ipywidgets.jslink((slider, 'value'), (other, 'value'))  # shown by no output, yet part of the page\n"
+    "display(ipywidgets.HBox([other, ipywidgets.Label('not a bar')]))\n"
+    "slider"
+)
+
+
+def _view_ids(nb):
+    return [o["data"][notebooks.WIDGET_VIEW_MIME]["model_id"] for c in nb.cells for o in c.get("outputs", [])
+            if notebooks.WIDGET_VIEW_MIME in o.get("data", {})]
+
+
+def _models(nb):
+    return nb.metadata["widgets"][notebooks.WIDGET_STATE_MIME]["state"]
+
+
+@pytest.fixture(scope="module")
+def executed_with_bars():
+    """A notebook really executed by nbclient (as `run` does): two tqdm.auto bars and two real widgets."""
+    from nbclient import NotebookClient
+
+    nb = new_notebook(cells=[new_code_cell(BAR_CELL), new_code_cell(WIDGET_CELL)])
+    NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True).execute()
+    return nb
+
+
+def test_executed_notebook_really_saves_bars_as_widgets(executed_with_bars):
+    # The situation the conversion exists for: views whose text is the initial state, final state in metadata.
+    bar_views = [o for o in executed_with_bars.cells[0].outputs if notebooks.WIDGET_VIEW_MIME in o.get("data", {})]
+    assert len(bar_views) == 2 and "0/3" in bar_views[0]["data"]["text/plain"]
+    assert len(_view_ids(executed_with_bars)) == 4
+
+
+def test_tqdm_widget_bar_becomes_one_line_with_its_final_state(executed_with_bars):
+    nb = copy.deepcopy(executed_with_bars)
+    models_before = _models(nb)
+    bar_ids = _view_ids(nb)[:2]
+    bar_models = notebooks._reachable(models_before, set(bar_ids))
+    assert notebooks.progress_bars_to_text(nb) == 2
+    [output] = nb.cells[0].outputs  # the bar line merged with the printed text, the hidden bar gone
+    assert output["output_type"] == "stream" and output["name"] == "stdout"
+    first, second = output["text"].splitlines()
+    assert first.startswith("demo: 100%|██████████| 3/3 [") and first.endswith("it/s]")
+    assert second == "done" and "hidden" not in output["text"]
+    # The slider, the HBox of other widgets and all their models survive; the bars' models are gone.
+    slider_views = _view_ids(nb)
+    assert len(slider_views) == 2 and set(slider_views) == set(_view_ids(executed_with_bars)[2:])
+    models = _models(nb)
+    kept = notebooks._reachable(executed_with_bars.metadata["widgets"][notebooks.WIDGET_STATE_MIME]["state"],
+                                set(slider_views))
+    assert not (set(models) & bar_models)
+    assert kept < set(models) and [m["model_name"] for k, m in models.items() if k not in kept] == ["LinkModel"]
+    assert models[slider_views[1]]["state"]["value"] == 4
+    before = nbformat.writes(nb)
+    assert notebooks.progress_bars_to_text(nb) == 0 and nbformat.writes(nb) == before  # a second run: no change
+
+
+def test_widget_state_key_goes_when_only_bars_used_it(executed_with_bars):
+    nb = copy.deepcopy(executed_with_bars)
+    nb.cells = nb.cells[:1]
+    assert notebooks.progress_bars_to_text(nb) == 2
+    assert "widgets" not in nb.metadata
+
+
+def test_text_bars_command_converts_in_place_and_check_flags_bars(executed_with_bars, tmp_path, capsys):
+    path = make_notebook(tmp_path / "bars.ipynb")
+    nb = nbformat.read(path, 4)
+    nb.cells[2].outputs = copy.deepcopy(executed_with_bars.cells[0].outputs)
+    nb.metadata["widgets"] = copy.deepcopy(executed_with_bars.metadata["widgets"])
+    nbformat.write(nb, path)
+    assert check_notebook(path) == []  # the bar check is opt-in: notebooks 00-02 still hold widget bars
+    assert notebooks.main(["check", "--text-bars", str(path)]) == 1
+    assert "cell 2 has a tqdm widget progress bar" in capsys.readouterr().out
+    assert notebooks.main(["text-bars", str(path)]) == 0
+    assert "bars.ipynb: 2 progress bar(s) as text" in capsys.readouterr().out
+    assert notebooks.main(["check", "--text-bars", str(path)]) == 0
+    assert "demo: 100%|" in nbformat.read(path, 4).cells[2].outputs[0]["text"]
+    assert _files_in(tmp_path) == ["bars.ipynb"]
+
+
+def test_text_bars_command_does_not_rewrite_a_notebook_without_bars(tmp_path, capsys, monkeypatch):
+    path = make_notebook(tmp_path / "plain.ipynb")
+    before = path.read_bytes()
+
+    def must_not_write(nb, path):
+        raise AssertionError("a notebook without bars was rewritten")
+
+    monkeypatch.setattr(notebooks, "write_notebook", must_not_write)
+    assert notebooks.main(["text-bars", str(path)]) == 0
+    assert "no progress bars, unchanged" in capsys.readouterr().out
+    assert path.read_bytes() == before
+
+
+def test_text_bars_command_rejects_non_notebooks_before_touching_any(executed_with_bars, tmp_path, capsys):
+    path = make_notebook(tmp_path / "bars.ipynb")
+    nb = nbformat.read(path, 4)
+    nb.cells[2].outputs = copy.deepcopy(executed_with_bars.cells[0].outputs)
+    nb.metadata["widgets"] = copy.deepcopy(executed_with_bars.metadata["widgets"])
+    nbformat.write(nb, path)
+    before = path.read_bytes()
+    assert notebooks.main(["text-bars", str(path), str(tmp_path / "missing.ipynb")]) == 1
+    assert "No notebook at" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_a_bar_without_saved_state_keeps_its_text_with_a_warning():
+    view = {"model_id": "0123abcd", "version_major": 2, "version_minor": 0}
+    text = "demo:   0%|          | 0/3 [00:00<?, ?it/s]"
+    nb = new_notebook(cells=[new_code_cell("x", outputs=[
+        new_output("display_data", data={notebooks.WIDGET_VIEW_MIME: view, "text/plain": text}),
+        new_output("display_data", data={notebooks.WIDGET_VIEW_MIME: {**view, "model_id": "99"},
+                                         "text/plain": "IntSlider(value=1)"}),
+    ])])
+    with pytest.warns(UserWarning, match=r"1 progress bar\(s\) had no saved widget state \(cells \[0\]\)"):
+        assert notebooks.progress_bars_to_text(nb) == 1
+    bar, slider = nb.cells[0].outputs
+    assert bar["output_type"] == "stream" and bar["text"] == text + "\n"
+    assert slider["data"]["text/plain"] == "IntSlider(value=1)"  # not a bar: left alone
+
+
+def test_stderr_text_bars_become_their_final_line_on_stdout():
+    final = "demo: 100%|██████████| 3/3 [00:00<00:00, 9.1it/s]"
+    bars = f"\rdemo:   0%|          | 0/3 [00:00<?, ?it/s]\r{final}\n"
+    mixed = "UserWarning: something real\n" + bars
+    nb = new_notebook(cells=[new_code_cell("x", outputs=[
+        new_output("stream", name="stdout", text="start\n"),
+        new_output("stream", name="stderr", text=bars),
+        new_output("stream", name="stderr", text=mixed),
+    ])])
+    assert notebooks.progress_bars_to_text(nb) == 1
+    merged, kept = nb.cells[0].outputs
+    assert merged["name"] == "stdout" and merged["text"] == f"start\n{final}\n"
+    assert kept["name"] == "stderr" and kept["text"] == mixed  # a warning belongs on stderr: left as it is
+
+
+@pytest.mark.parametrize("fraction, bar", [(0.0, " " * 10), (1.0, "█" * 10), (0.45, "████▌     ")])
+def test_text_bar_draws_like_tqdm(fraction, bar):
+    from tqdm.std import Bar
+
+    assert notebooks._text_bar(fraction) == bar == format(Bar(fraction, 10), "")
+
+
+def test_run_turns_progress_bars_into_text(tmp_path):
+    path = tmp_path / "bars.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell(BAR_CELL)]), path)
+    run_notebook(path, "smoke", timeout=120)
+    result = nbformat.read(path, 4)
+    assert "widgets" not in result.metadata
+    assert result.cells[-1].outputs[-1]["text"].startswith("demo: 100%|██████████| 3/3 [")
+
+
+@pytest.mark.parametrize("line, is_bar", [
+    ("training: 100%|██████████| 846/846 [04:35<00:00,  3.13it/s, val_accuracy=0.924]", True),
+    ("embedding: 100%|██████████| 157/157 [01:03<00:00,  2.40batch/s]", True),
+    ("demo:   0%|          | 0/3 [00:00<?, ?it/s]", True),
+    ("12it [00:01, 9.50it/s]", True),
+    ("long:   5%|▌         | 5/100 [1:02:03<20:00:00, 744.60s/it]", True),
+    ("UserWarning: something real", False),
+    ("step 3 [12:30, ok]", False),
+    ("| a | table | row |", False),
+])
+def test_text_bar_lines_are_recognised_by_tqdm_times_and_rate(line, is_bar):
+    assert bool(notebooks._TEXT_BAR_LINE.search(line)) is is_bar

@@ -201,3 +201,82 @@ def test_mean_pooling_from_pretrained_loads_the_real_bundled_model(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = MeanPoolingClassifier.from_pretrained("bert-base-uncased", num_labels=3)
     assert model.base_model.config.hidden_size == 384 and model.classifier.out_features == 3
+
+
+# --- tfidf_baseline and the classifier checkpoint (issue 21) ---------------------------------------
+
+BASE_TEXTS = [
+    "shares fall sharply", "stock plunges on weak guidance", "profit warning hits shares", "losses widen",
+    "shares jump on record profit", "stock rallies after upgrade", "strong earnings beat estimates", "gains extend",
+    "company holds annual meeting", "board names new director", "quarterly report due today", "market opens",
+] * 3
+BASE_LABELS = [0] * 4 + [1] * 4 + [2] * 4
+BASE_LABELS = BASE_LABELS * 3
+
+
+def test_tfidf_baseline_chooses_c_on_validation_like_a_manual_grid():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.pipeline import make_pipeline
+
+    from llmbook.textclf import tfidf_baseline
+
+    train_x, train_y = BASE_TEXTS[:24], BASE_LABELS[:24]
+    val_x, val_y = BASE_TEXTS[24:], BASE_LABELS[24:]
+    result = tfidf_baseline(train_x, train_y, val_x, val_y, c_grid=[0.01, 1, 100], min_df=1)
+    manual = {}
+    for C in (0.01, 1.0, 100.0):
+        pipe = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+                             LogisticRegression(C=C, max_iter=2000)).fit(train_x, train_y)
+        manual[C] = f1_score(val_y, pipe.predict(val_x), average="macro")
+    assert result.val_macro_f1 == pytest.approx(manual)
+    assert result.C == max(manual, key=manual.get)
+    assert result.predict(val_x).tolist() == result.pipeline.predict(val_x).tolist()
+    assert result.predict_proba(val_x).shape == (12, 3)
+
+
+def test_tfidf_baseline_rejects_bad_input_with_one_clear_error():
+    from llmbook.textclf import tfidf_baseline
+
+    with pytest.raises(ValueError, match="c_grid"):
+        tfidf_baseline(BASE_TEXTS, BASE_LABELS, BASE_TEXTS, BASE_LABELS, c_grid=[])
+    with pytest.raises(ValueError, match="val_labels"):
+        tfidf_baseline(BASE_TEXTS, BASE_LABELS, BASE_TEXTS, BASE_LABELS[:-1])
+    with pytest.raises(ValueError, match="single class"):
+        tfidf_baseline(BASE_TEXTS, [0] * len(BASE_TEXTS), BASE_TEXTS, BASE_LABELS)
+
+
+def test_classifier_checkpoint_round_trip(tmp_path, tokenizer):
+    from llmbook.pretrained import bundled_checkpoint_path, resolve_pretrained
+    from llmbook.textclf import MeanPoolingClassifier, load_classifier_checkpoint, save_classifier_checkpoint
+
+    choice = resolve_pretrained(str(bundled_checkpoint_path()), verbose=False)
+    torch.manual_seed(0)
+    model = MeanPoolingClassifier.from_pretrained(choice.path, num_labels=3).eval()
+    path = save_classifier_checkpoint(tmp_path / "classifier_smoke.pt", model, choice,
+                                      labels=["Bearish", "Bullish", "Neutral"], max_length=64, scale="smoke",
+                                      val_macro_f1=0.5)
+    loaded, loaded_tokenizer, meta = load_classifier_checkpoint(path)
+    batch = loaded_tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
+    assert meta["labels"] == ["Bearish", "Bullish", "Neutral"] and meta["max_length"] == 64
+    assert meta["scale"] == "smoke" and meta["val_macro_f1"] == 0.5 and not loaded.training
+
+
+def test_classifier_checkpoint_errors_name_the_fix(tmp_path, monkeypatch):
+    from llmbook.textclf import classifier_checkpoint_path, load_classifier_checkpoint, save_classifier_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="06_finetuning"):
+        load_classifier_checkpoint(tmp_path / "missing.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a classifier checkpoint"):
+        load_classifier_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(TypeError, match="MeanPoolingClassifier"):
+        save_classifier_checkpoint(tmp_path / "x.pt", torch.nn.Linear(2, 2), None, labels=["a", "b"],
+                                   max_length=8, scale="cpu")
+    monkeypatch.setenv("LLMBOOK_RUN_DIR", str(tmp_path / "runs"))
+    assert classifier_checkpoint_path("cpu") == tmp_path / "runs" / "06_finetuning" / "classifier_cpu.pt"
+    with pytest.raises(ValueError, match="scale"):
+        classifier_checkpoint_path("../x")

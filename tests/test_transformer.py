@@ -15,8 +15,16 @@ from llmbook.transformer import (
     Seq2SeqTransformer,
     beam_search,
     copy_weights_from_torch_encoder_layer,
+    cross_attention_weights,
     greedy_decode,
+    load_translation_checkpoint,
+    normalise_tatoeba,
+    save_translation_checkpoint,
     sinusoidal_positional_encoding,
+    tatoeba_test_set,
+    token_budget_batches,
+    train_translation_model,
+    translate,
 )
 
 PAD, BOS, EOS = 0, 1, 2
@@ -404,3 +412,182 @@ def test_boolean_flags_refuse_strings():
     model = small_model()
     with pytest.raises(TypeError, match="return_scores must be True or False, got 'false'"):
         beam_search(model, random_ids(1, 4, 23, 0), bos_id=BOS, eos_id=EOS, return_scores="false")
+
+
+# ------------------------------------------------------------------- the translator and its checkpoint
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=80, special_tokens=["<pad>", "<unk>", "<bos>", "<eos>"], show_progress=False)
+    tokenizer.train_from_iterator(["I am here.", "Je suis ici.", "Tom is tall.", "Tom est grand."] * 5, trainer)
+    return tokenizer
+
+
+def tiny_translator(tokenizer, seed: int = 0) -> Seq2SeqTransformer:
+    torch.manual_seed(seed)
+    vocab = tokenizer.get_vocab_size()
+    return Seq2SeqTransformer(vocab, vocab, d_model=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
+                              d_ff=32, max_len=24, share_embeddings=True).eval()
+
+
+class FixedOutputModel(nn.Module):
+    """Always predicts the French tokens of one sentence, then <eos>, whatever the source."""
+
+    def __init__(self, tokenizer, sentence: str):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.ids = tokenizer.encode(sentence).ids + [tokenizer.token_to_id("<eos>")]
+        self.tgt_vocab_size, self.max_len, self.pad_id = tokenizer.get_vocab_size(), 24, 0
+
+    def make_src_mask(self, src):
+        return (src != 0)[:, None, None, :]
+
+    def encode(self, src, src_mask=None):
+        return torch.zeros(src.shape[0], src.shape[1], 4)
+
+    def decode(self, tgt, memory, src_mask):
+        logits = torch.full((tgt.shape[0], tgt.shape[1], self.tgt_vocab_size), -5.0)
+        for t in range(tgt.shape[1]):
+            logits[:, t, self.ids[min(t, len(self.ids) - 1)]] = 5.0
+        return logits
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_translate_decodes_the_models_tokens_into_text(beam_size):
+    tokenizer = tiny_tokenizer()
+    model = FixedOutputModel(tokenizer, "Je suis ici.")
+    assert translate(model, tokenizer, ["I am here.", "Tom is tall."], beam_size=beam_size) == ["Je suis ici."] * 2
+
+
+def test_translate_normalises_its_input_like_the_training_data():
+    tokenizer = tiny_tokenizer()
+    model = tiny_translator(tokenizer)
+    assert translate(model, tokenizer, ["I\u00a0am   here\u2019."]) == translate(model, tokenizer, ["I am here'."])
+
+
+def test_translate_refuses_empty_sentences_and_non_lists():
+    tokenizer = tiny_tokenizer()
+    model = tiny_translator(tokenizer)
+    with pytest.raises(ValueError, match=r"sentences \[1\] are empty"):
+        translate(model, tokenizer, ["I am here.", " \u00a0 "])
+    with pytest.raises(TypeError, match="list of str"):
+        translate(model, tokenizer, "I am here.")
+
+
+def test_normalise_tatoeba_unifies_invisible_spaces_and_apostrophes():
+    assert normalise_tatoeba("Tu viens\u202f? C\u2019est\u00a0l\u00e0 !", french=True) == "Tu viens ? C'est là !"
+    assert normalise_tatoeba("Where?") == "Where?"  # English keeps its punctuation unspaced
+    assert normalise_tatoeba("Viens!", french=True) == "Viens !"
+
+
+def test_translation_checkpoint_round_trip(tmp_path):
+    tokenizer = tiny_tokenizer()
+    model = tiny_translator(tokenizer)
+    path = save_translation_checkpoint(tmp_path / "t.pt", model, tokenizer, scale="smoke", metadata={"n_test": 3})
+    loaded, loaded_tokenizer, info = load_translation_checkpoint(path)
+    assert info["scale"] == "smoke" and info["metadata"] == {"n_test": 3} and info["config"] == model.config
+    assert not loaded.training
+    src = torch.tensor([tokenizer.encode("Tom is tall.").ids])
+    torch.testing.assert_close(loaded(src, src), model(src, src))
+    assert loaded.output.weight is loaded.src_embed.weight  # tying survives the round trip
+    assert loaded_tokenizer.to_str() == tokenizer.to_str()
+    assert [p.name for p in tmp_path.iterdir()] == ["t.pt"]  # no temporary file left behind
+
+
+def test_translation_checkpoint_errors_are_clear(tmp_path):
+    tokenizer = tiny_tokenizer()
+    model = tiny_translator(tokenizer)
+    with pytest.raises(FileNotFoundError, match="run notebooks/03_transformer.ipynb"):
+        load_translation_checkpoint(tmp_path / "absent.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable translation checkpoint"):
+        load_translation_checkpoint(tmp_path / "junk.pt")
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a translation checkpoint"):
+        load_translation_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="plain values"):
+        save_translation_checkpoint(tmp_path / "m.pt", model, tokenizer, scale="cpu", metadata={"x": object()})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        save_translation_checkpoint(tmp_path / "no" / "m.pt", model, tokenizer, scale="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.pt", "other.pt"]
+
+
+def test_a_failed_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
+    import os
+
+    tokenizer = tiny_tokenizer()
+    path = save_translation_checkpoint(tmp_path / "t.pt", tiny_translator(tokenizer), tokenizer, scale="cpu")
+    before = path.read_bytes()
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_translation_checkpoint(path, tiny_translator(tokenizer, seed=1), tokenizer, scale="cpu")
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["t.pt"]
+
+
+def test_cross_attention_weights_are_distributions_over_real_source_tokens():
+    model = small_model()
+    src = random_ids(2, 6, 23, seed=1)
+    src[0, 4:] = PAD
+    tgt = random_ids(2, 5, 19, seed=2)
+    weights = cross_attention_weights(model, src, tgt)
+    assert weights.shape == (2, 2, 4, 5, 6)  # (layers, batch, heads, T, S)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 4, 5))
+    assert float(weights[:, 0, :, :, 4:].abs().max()) == 0.0
+
+
+def test_tatoeba_test_set_groups_references_and_never_overlaps_training():
+    from llmbook.data import load_dataset, tatoeba_english_key
+
+    test = tatoeba_test_set()
+    assert test.english.is_unique and all(len(r) >= 1 for r in test.references)
+    assert any(len(r) > 1 for r in test.references)  # several French translations of one sentence
+    train_keys = {tatoeba_english_key(t) for t in load_dataset("tatoeba_fra_eng_full", "train").english}
+    assert not train_keys & {tatoeba_english_key(t) for t in test.english}
+    assert list(tatoeba_test_set(5).english) == list(test.english[:5])
+
+
+def test_token_budget_batches_respect_the_budget_and_cover_every_pair():
+    g = torch.Generator().manual_seed(0)
+    src = [[5] * int(n) for n in torch.randint(1, 20, (300,), generator=g)]
+    tgt = [[6] * int(n) for n in torch.randint(1, 20, (300,), generator=g)]
+    for generator in (None, torch.Generator().manual_seed(3)):
+        batches = token_budget_batches(src, tgt, 120, generator=generator)
+        assert sorted(i for b in batches for i in b) == list(range(300))
+        for b in batches:
+            width = max(max(len(src[i]), len(tgt[i]) + 2) for i in b)
+            assert len(b) * width <= 120
+    unshuffled = token_budget_batches(src, tgt, 120)
+    lengths = [(len(src[i]), len(tgt[i])) for b in unshuffled for i in b]
+    assert lengths == sorted(lengths)  # similar lengths share a batch
+    assert token_budget_batches([[1] * 50], [[1] * 50], 10) == [[0]]  # too long for the budget: alone
+    with pytest.raises(ValueError, match="same number"):
+        token_budget_batches(src, tgt[:-1], 120)
+
+
+def test_train_translation_model_runs_the_recipe_and_returns_a_usable_translator():
+    cfg = dict(n_train=300, vocab=300, max_tokens=12, d_model=16, heads=2, layers=1, d_ff=32, dropout=0.1,
+               batch_tokens=400, steps=3, warmup=1, lr=1e-3)
+    model, tokenizer, info = train_translation_model(cfg, progress=False)
+    assert info["steps"] == 3 and not model.training
+    assert model.output.weight is model.src_embed.weight
+    assert [tokenizer.id_to_token(i) for i in range(4)] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+    assert len(translate(model, tokenizer, ["Tom is here."])) == 1
+    with pytest.raises(ValueError, match="cfg lacks steps"):
+        train_translation_model({k: v for k, v in cfg.items() if k != "steps"})
+
+
+def test_decode_last_equals_the_last_position_of_decode():
+    model = small_model()
+    src, tgt = random_ids(3, 6, 23, seed=4), random_ids(3, 5, 19, seed=5)
+    src_mask = model.make_src_mask(src)
+    memory = model.encode(src, src_mask)
+    torch.testing.assert_close(model.decode_last(tgt, memory, src_mask), model.decode(tgt, memory, src_mask)[:, -1])
