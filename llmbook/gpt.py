@@ -15,7 +15,6 @@ written out, ``attn_impl="naive"``) or PyTorch's fused ``torch.nn.functional.sca
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch import nn
 
 from llmbook.attention import MultiHeadAttention, scaled_dot_product_attention
 from llmbook.checks import defines_no_distribution, require_bool, require_int
-from llmbook.parallel import write_atomic
+from llmbook.runtime import read_torch_file, write_atomic
 
 ATTN_IMPLS = ("naive", "sdpa")
 GELU_APPROXIMATIONS = ("none", "tanh")
@@ -602,26 +601,14 @@ def save_gpt_checkpoint(
         "metadata": {**dict(metadata or {}), "dataset": dataset, "validation_split": validation_split,
                      "scale": scale},
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"the folder {path.parent} does not exist; create it first (run_dir does)")
-    return write_atomic(path, buffer.getvalue())
+    return write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
 def load_gpt_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> GPTCheckpoint:
     """Rebuild the model saved by :func:`save_gpt_checkpoint`: ``(model, chars, metadata)``, the model on
     ``device`` in eval mode. A missing file or a file that is not such a checkpoint raises one clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no GPT checkpoint at {path}: run the GPT chapter (notebooks/04_gpt.ipynb) at this scale first"
-        )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say what it is, not pickle's internals
-        raise ValueError(f"{path} is not a readable GPT checkpoint ({type(exc).__name__}); save it again") from None
+    payload = read_torch_file(path, what="GPT checkpoint",
+                              remedy="run the GPT chapter (notebooks/04_gpt.ipynb) at this scale first")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a GPT checkpoint written by llmbook.gpt.save_gpt_checkpoint")
     model = GPT(GPTConfig(**payload["config"]))

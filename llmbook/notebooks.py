@@ -29,6 +29,8 @@ and the tests check that ``_config.yml`` and the README agree.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
 import os
 import re
@@ -84,6 +86,24 @@ _LOCAL_PATH = re.compile(
 )
 
 
+# The book's text column is about 688 px wide (Jupyter Book's theme at a 1280-px window). A figure wider
+# than this is shown at less than 55 % of its size, and 10-pt labels become unreadably small; at the
+# book style's 110 dpi it corresponds to a figure about 11 inches wide (figsize), so 9 is a safe maximum.
+MAX_FIGURE_PIXELS = 1250
+
+
+def png_size(encoded: str | list[str]) -> tuple[int, int] | None:
+    """Width and height of a base64-encoded PNG, read from its header; ``None`` if it is not a PNG."""
+    text = "".join(encoded) if isinstance(encoded, list) else encoded
+    try:
+        header = base64.b64decode("".join(text[:64].split())[:44])
+    except (binascii.Error, ValueError):
+        return None
+    if len(header) < 24 or header[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
 def _output_texts(output: dict) -> list[str]:
     texts = []
     if "text" in output:
@@ -127,6 +147,12 @@ def check_notebook(path: str | Path) -> list[str]:
                 text = "".join(output.get("text", ""))
                 if "Traceback" in text:
                     problems.append(f"{path.name}: cell {index} printed an error to stderr")
+            size = png_size(output.get("data", {}).get("image/png", ""))
+            if size and size[0] > MAX_FIGURE_PIXELS:
+                problems.append(
+                    f"{path.name}: cell {index} has a figure {size[0]} px wide, shown below 55 % of its size in the "
+                    f"book's column, where its labels become too small; make it at most 9 inches wide (figsize)"
+                )
             for text in _output_texts(output):
                 match = _LOCAL_PATH.search(text)
                 if match:

@@ -48,6 +48,7 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.weak import WeakIdKeyDictionary
 
 from llmbook.checks import require_int
+from llmbook.runtime import write_atomic  # exported here too: dist_train and the tensor-parallel check write results with it
 
 # ----------------------------------------------------------------------------------------------
 # Memory
@@ -644,22 +645,6 @@ def shown_path(path: str | Path) -> str:
         return os.path.relpath(path)
     except ValueError:  # on another drive (Windows)
         return str(path)
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` all or nothing: a temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,13 +22,16 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import pickle
 import platform
 import random
+import re
 import socket
 import sys
+import uuid
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -209,6 +212,85 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write a file all or nothing: ``data`` (bytes, or a function that writes to an open binary file)
+    goes to a uniquely named temporary file in the same folder, is flushed to disk, then renamed over
+    ``path`` (``os.replace``, atomic within one file system). If anything fails on the way — a full
+    disk, an object that cannot be serialised, an interrupt — the previous file at ``path`` is left as
+    it was and the temporary file is removed. Every file the book's code writes goes through here.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give a file path inside it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder {path.parent} does not exist: create it first (run_dir does)")
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(temporary, "xb") as handle:
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable (POSIX); folders cannot be opened like this on Windows, where it is skipped."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def read_torch_file(path: str | os.PathLike, *, what: str = "checkpoint", remedy: str = "save it again",
+                    weights_only: bool = True) -> Any:
+    """``torch.load`` a file onto the CPU with one clear error line instead of pickle's internals.
+
+    ``what`` names the file in messages ("GPT checkpoint") and ``remedy`` says how to get a good one
+    ("run notebooks/04_gpt.ipynb at this scale"). A missing path raises ``FileNotFoundError``; an empty,
+    truncated or foreign file ``ValueError``; with ``weights_only=True`` (the default, which cannot run
+    code hidden in a file) an object that safe loading refuses also raises ``ValueError``, naming it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a {what} file")
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}: {remedy}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"the {what} {path} is empty (0 bytes): it was never fully written; {remedy}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as exc:
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if unsupported is None:
+            raise ValueError(f"cannot read the {what} {path}: the file is corrupt or not a PyTorch file; "
+                             f"{remedy}") from None
+        raise ValueError(
+            f"the {what} {path} holds a {unsupported.group(1)} object (e.g. a NumPy scalar), which safe loading "
+            "refuses. If you trust the file, load it once with weights_only=False and save it again with plain "
+            "numbers (llmbook.train.save_checkpoint converts them)"
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, IndexError, AttributeError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"cannot read the {what} {path}: the file is corrupt, truncated or not a PyTorch file ({reason}); "
+            f"{remedy}"
+        ) from None
 
 
 _REPORTED_PACKAGES = ("llmbook", "torch", "transformers", "numpy", "pandas", "matplotlib")

@@ -46,7 +46,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from llmbook.checks import require_bool, require_int
-from llmbook.runtime import free_port
+from llmbook.runtime import free_port, write_atomic
 
 __all__ = [
     "TOKENS_ENV_VAR",
@@ -233,22 +233,10 @@ def save_model_dir(folder: str | os.PathLike, onnx_file: str | os.PathLike, toke
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(folder / "tokenizer")
-    _write_atomically(folder / META_FILE, json.dumps({"labels": list(labels), "max_length": max_length}).encode())
-    tmp = folder / f".{MODEL_FILE}.{uuid.uuid4().hex}.tmp"
-    shutil.copyfile(onnx_file, tmp)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, folder / MODEL_FILE)
+    write_atomic(folder / META_FILE, json.dumps({"labels": list(labels), "max_length": max_length}).encode())
+    with open(onnx_file, "rb") as source:
+        write_atomic(folder / MODEL_FILE, lambda handle: shutil.copyfileobj(source, handle))
     return folder
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def load_model_dir(folder: str | os.PathLike, threads: int | None = None) -> TextClassifier:

@@ -410,14 +410,13 @@ def load_classifier_checkpoint(path: str | os.PathLike) -> tuple[MeanPoolingClas
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from llmbook.pretrained import bundled_checkpoint_path
-    from llmbook.train import _read_checkpoint, load_checkpoint
+    from llmbook.runtime import read_torch_file
+    from llmbook.train import load_checkpoint
 
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file path, got {type(path).__name__}")
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no classifier checkpoint at {path}: run notebooks/06_finetuning.ipynb first")
-    saved = _read_checkpoint(path, True)
+    saved = read_torch_file(path, what="classifier checkpoint", remedy="run notebooks/06_finetuning.ipynb first")
     needed = ("labels", "max_length", "pretrained_source", "pretrained_path", "state_dict")
     if not isinstance(saved, dict) or any(key not in saved for key in needed):
         raise ValueError(f"{path} is not a classifier checkpoint (save it with save_classifier_checkpoint)")

@@ -31,10 +31,7 @@ from __future__ import annotations
 import io
 import math
 import os
-import pickle
-import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -45,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmbook.checks import require_bool, require_int
-from llmbook.runtime import autocast, autocast_dtype, get_device
+from llmbook.runtime import autocast, autocast_dtype, get_device, read_torch_file, write_atomic
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -504,20 +501,6 @@ def _check_extra_loads(name: str, value: Any) -> None:
         ) from None
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable (POSIX); folders cannot be opened like this on Windows, where it is skipped."""
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
-
-
 def save_checkpoint(model: nn.Module, path: str | Path, **extra: Any) -> Path:
     """Save the model's ``state_dict`` (and any ``extra`` values, e.g. the step) to ``path``; returns ``path``.
 
@@ -542,19 +525,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, **extra: Any) -> Path:
     for name, value in extra.items():
         _check_extra_loads(name, value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique hidden name in the target's folder: os.replace is only atomic within one file system.
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(temporary, "xb") as handle:
-            torch.save({"state_dict": model.state_dict(), **extra}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-    return path
+    return write_atomic(path, lambda handle: torch.save({"state_dict": model.state_dict(), **extra}, handle))
 
 
 _SHOWN_KEYS = 3  # how many offending keys an error message lists
@@ -597,31 +568,6 @@ def _check_state_dict(model: nn.Module, state: Mapping[str, Any], path: Path) ->
     )
 
 
-def _read_checkpoint(path: Path, weights_only: bool) -> Any:
-    """``torch.load`` of ``path`` with one clear error line for an empty, corrupt or unsafe file."""
-    if path.stat().st_size == 0:
-        raise ValueError(f"the checkpoint {path} is empty (0 bytes): it was never fully written; save it again")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except pickle.UnpicklingError as exc:
-        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if unsupported is None:
-            raise ValueError(
-                f"cannot read the checkpoint {path}: the file is corrupt or not a PyTorch checkpoint; save it again"
-            ) from None
-        raise ValueError(
-            f"the checkpoint {path} holds a {unsupported.group(1)} object (e.g. a NumPy scalar in its extras), "
-            "which safe loading refuses. If you trust the file, call load_checkpoint(model, path, "
-            "weights_only=False) once and save it again with save_checkpoint (which stores plain numbers)"
-        ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, IndexError, AttributeError) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise ValueError(
-            f"cannot read the checkpoint {path}: the file is corrupt, truncated or not a PyTorch checkpoint "
-            f"({reason}); save it again"
-        ) from None
-
-
 def load_checkpoint(model: nn.Module, path: str | Path, *, weights_only: bool = True) -> dict[str, Any]:
     """Load a :func:`save_checkpoint` file into ``model`` (in place); returns the saved extras.
 
@@ -640,11 +586,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, weights_only: bool = 
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file path (str or Path), got {type(path).__name__}")
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    saved = _read_checkpoint(path, weights_only)
+    saved = read_torch_file(path, what="checkpoint", remedy="save it again", weights_only=weights_only)
     if isinstance(saved, Mapping) and isinstance(saved.get("state_dict"), Mapping):
         extras = {k: v for k, v in saved.items() if k != "state_dict"}
         state = saved["state_dict"]

@@ -32,6 +32,7 @@ from torch import nn
 
 from llmbook.attention import MultiHeadAttention, causal_mask
 from llmbook.checks import defines_no_distribution, require_bool
+from llmbook.runtime import read_torch_file, write_atomic
 
 __all__ = [
     "sinusoidal_positional_encoding",
@@ -784,25 +785,6 @@ def translate(
     return out
 
 
-def _write_atomically(path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    import contextlib
-    import os
-    import tempfile
-
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 def save_translation_checkpoint(
     path,
     model: Seq2SeqTransformer,
@@ -820,7 +802,6 @@ def save_translation_checkpoint(
     :func:`tatoeba_test_set` it was scored on). :func:`load_translation_checkpoint` reads it back.
     """
     import json
-    from pathlib import Path
 
     if not isinstance(model, Seq2SeqTransformer):
         raise TypeError(f"model must be a Seq2SeqTransformer, got {type(model).__name__}")
@@ -834,9 +815,6 @@ def save_translation_checkpoint(
         metadata_json = json.dumps(metadata)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must hold only plain values (numbers, str, lists, dicts): {exc}") from None
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist: create it (e.g. with llmbook.runtime.run_dir)")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": dict(model.config),
@@ -845,8 +823,7 @@ def save_translation_checkpoint(
         "scale": scale,
         "metadata": metadata_json,
     }
-    _write_atomically(path, lambda file: torch.save(payload, file))
-    return path
+    return write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
 def load_translation_checkpoint(path, *, device: str | torch.device = "cpu"):
@@ -857,20 +834,11 @@ def load_translation_checkpoint(path, *, device: str | torch.device = "cpu"):
     A missing file raises ``FileNotFoundError``, a file that is not such a checkpoint ``ValueError``.
     """
     import json
-    import pickle
-    from pathlib import Path
 
     from tokenizers import Tokenizer
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no translation checkpoint at {path}: run notebooks/03_transformer.ipynb at this scale first"
-        )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{path} is not a readable translation checkpoint ({type(exc).__name__}); rerun chapter 3") from None
+    payload = read_torch_file(path, what="translation checkpoint",
+                              remedy="run notebooks/03_transformer.ipynb at this scale first")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a translation checkpoint of llmbook ({CHECKPOINT_FORMAT}); rerun chapter 3")
     model = Seq2SeqTransformer(**payload["config"])

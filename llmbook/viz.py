@@ -208,7 +208,8 @@ def plot_history(history: object, *, x: str | None = "step", title: str | None =
     if not columns:
         raise ValueError(f"history has no numeric columns to plot besides {x!r}: {list(frame.columns)}")
     panels = [group for group in (losses, metrics) if group]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 3.8), squeeze=False)
+    # Two panels share the book's column (about 9 inches at most), so the labels stay legible there.
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 if len(panels) == 1 else 9.0, 3.6), squeeze=False)
     for ax, group, label in zip(axes[0], panels, ["loss" if losses else "metric", "metric"]):
         for column in group:
             series = frame[column]

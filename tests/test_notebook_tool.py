@@ -62,6 +62,27 @@ def test_each_problem_is_reported(tmp_path, kwargs, expected):
     assert any(expected in p for p in problems), problems
 
 
+def _png(width, height):
+    """A real PNG of the given size, base64-encoded as notebooks store it."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), "white").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_figures_wider_than_the_column_allows_are_reported(tmp_path):
+    assert notebooks.png_size(_png(700, 300)) == (700, 300)
+    assert notebooks.png_size("bm90IGEgcG5n") is None  # base64 of "not a png"
+    for width, reported in [(990, False), (1309, True)]:
+        image = new_output("display_data", data={"image/png": _png(width, 400), "text/plain": "<Figure>"})
+        problems = check_notebook(make_notebook(tmp_path / f"nb{width}.ipynb", outputs=[image]))
+        assert any(f"{width} px wide" in p and "figsize" in p for p in problems) == reported, problems
+
+
 def test_urls_and_relative_paths_are_not_local_paths(tmp_path):
     text = "see https://github.com/llmbook/llmbook/tree/main and runs/finetune/checkpoint.pt\n"
     path = make_notebook(tmp_path / "nb.ipynb", outputs=[new_output("stream", name="stdout", text=text)])

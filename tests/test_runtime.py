@@ -195,3 +195,53 @@ def test_environment_report_names_what_produced_outputs(monkeypatch):
     assert not any("/" in value and "site-packages" in value for value in report.values())
     text = runtime.format_report(report)
     assert text.splitlines()[0].startswith("scale") and ": smoke" in text
+
+
+def test_write_atomic_writes_bytes_or_through_a_function_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "state.pt"
+    runtime.write_atomic(target, b"old")
+    runtime.write_atomic(target, lambda handle: torch.save({"x": torch.arange(3)}, handle))
+    assert torch.equal(torch.load(target, weights_only=True)["x"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "state.pt"
+    runtime.write_atomic(target, b"complete")
+
+    def fails_half_way(handle):
+        handle.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        runtime.write_atomic(target, fails_half_way)
+    assert target.read_bytes() == b"complete" and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        runtime.write_atomic(tmp_path / "missing" / "x.pt", b"x")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        runtime.write_atomic(tmp_path, b"x")
+
+
+def test_read_torch_file_names_the_file_and_the_remedy(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    assert torch.equal(runtime.read_torch_file(good)["w"], torch.ones(2))
+    remedy = "run chapter 9 first"
+    with pytest.raises(FileNotFoundError, match=f"no model file at .*absent.pt: {remedy}"):
+        runtime.read_torch_file(tmp_path / "absent.pt", what="model file", remedy=remedy)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=f"empty.pt is empty .*{remedy}"):
+        runtime.read_torch_file(tmp_path / "empty.pt", remedy=remedy)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:40])
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    for name in ("cut.pt", "text.pt"):
+        with pytest.raises(ValueError, match=f"cannot read the model file .*{name}.*{remedy}") as info:
+            runtime.read_torch_file(tmp_path / name, what="model file", remedy=remedy)
+        assert "\n" not in str(info.value) and info.value.__cause__ is None
+    np_scalar = tmp_path / "numpy.pt"
+    torch.save({"metric": __import__("numpy").float64(0.5)}, np_scalar)
+    with pytest.raises(ValueError, match="numpy.*weights_only=False"):
+        runtime.read_torch_file(np_scalar)
+    assert runtime.read_torch_file(np_scalar, weights_only=False)["metric"] == 0.5
+    with pytest.raises(IsADirectoryError):
+        runtime.read_torch_file(tmp_path)

@@ -1,5 +1,6 @@
 """Tests of llmbook.transformer: shapes, masking, agreement with PyTorch, decoding and error paths."""
 
+import inspect
 import itertools
 import math
 
@@ -505,7 +506,7 @@ def test_translation_checkpoint_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="run notebooks/03_transformer.ipynb"):
         load_translation_checkpoint(tmp_path / "absent.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable translation checkpoint"):
+    with pytest.raises(ValueError, match="cannot read the translation checkpoint .*junk.pt.*run notebooks/03_transformer.ipynb"):
         load_translation_checkpoint(tmp_path / "junk.pt")
     torch.save({"format": "something else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a translation checkpoint"):
@@ -591,3 +592,12 @@ def test_decode_last_equals_the_last_position_of_decode():
     src_mask = model.make_src_mask(src)
     memory = model.encode(src, src_mask)
     torch.testing.assert_close(model.decode_last(tgt, memory, src_mask), model.decode(tgt, memory, src_mask)[:, -1])
+
+
+def test_the_saved_config_names_every_constructor_argument():
+    """save_translation_checkpoint rebuilds the model from model.config: an argument missing there would be
+    silently reset to its default when the checkpoint is loaded."""
+    arguments = set(inspect.signature(Seq2SeqTransformer.__init__).parameters) - {"self"}
+    model = small_model()
+    assert set(model.config) == arguments
+    assert Seq2SeqTransformer(**model.config).config == model.config
