@@ -219,7 +219,9 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], obj
     goes to a uniquely named temporary file in the same folder, is flushed to disk, then renamed over
     ``path`` (``os.replace``, atomic within one file system). If anything fails on the way — a full
     disk, an object that cannot be serialised, an interrupt — the previous file at ``path`` is left as
-    it was and the temporary file is removed. Every file the book's code writes goes through here.
+    it was and the temporary file is removed. The package's checkpoints, service folders and run results
+    are written through here. (``llmbook.data`` and ``llmbook.notebooks`` keep their own few lines for
+    this: they set the file's permissions and must not import torch, which this module does.)
     """
     path = Path(path)
     if path.is_dir():

@@ -311,12 +311,18 @@ def test_widget_state_key_goes_when_only_bars_used_it(executed_with_bars):
     assert "widgets" not in nb.metadata
 
 
-def test_text_bars_command_converts_in_place_and_check_flags_bars(executed_with_bars, tmp_path, capsys):
-    path = make_notebook(tmp_path / "bars.ipynb")
+def _notebook_with_bars(executed_with_bars, path):
+    """A committed-style notebook at ``path`` whose cell 2 holds the widget progress bars of ``executed_with_bars``."""
+    path = make_notebook(path)
     nb = nbformat.read(path, 4)
     nb.cells[2].outputs = copy.deepcopy(executed_with_bars.cells[0].outputs)
     nb.metadata["widgets"] = copy.deepcopy(executed_with_bars.metadata["widgets"])
     nbformat.write(nb, path)
+    return path
+
+
+def test_text_bars_command_converts_in_place_and_check_flags_bars(executed_with_bars, tmp_path, capsys):
+    path = _notebook_with_bars(executed_with_bars, tmp_path / "bars.ipynb")
     assert check_notebook(path) == []  # the bar check is opt-in: notebooks 00-02 still hold widget bars
     assert notebooks.main(["check", "--text-bars", str(path)]) == 1
     assert "cell 2 has a tqdm widget progress bar" in capsys.readouterr().out
@@ -341,11 +347,7 @@ def test_text_bars_command_does_not_rewrite_a_notebook_without_bars(tmp_path, ca
 
 
 def test_text_bars_command_rejects_non_notebooks_before_touching_any(executed_with_bars, tmp_path, capsys):
-    path = make_notebook(tmp_path / "bars.ipynb")
-    nb = nbformat.read(path, 4)
-    nb.cells[2].outputs = copy.deepcopy(executed_with_bars.cells[0].outputs)
-    nb.metadata["widgets"] = copy.deepcopy(executed_with_bars.metadata["widgets"])
-    nbformat.write(nb, path)
+    path = _notebook_with_bars(executed_with_bars, tmp_path / "bars.ipynb")
     before = path.read_bytes()
     assert notebooks.main(["text-bars", str(path), str(tmp_path / "missing.ipynb")]) == 1
     assert "No notebook at" in capsys.readouterr().err
