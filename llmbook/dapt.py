@@ -136,7 +136,7 @@ class MaskedPositionsModel(nn.Module):
         return self.mlm.cls(hidden[mlm_positions.bool()])
 
 
-def load_masked_lm(path: str | os.PathLike) -> tuple[nn.Module, list[str]]:
+def load_masked_lm(path: str | os.PathLike, *, seed: int = 0) -> tuple[nn.Module, list[str]]:
     """``(BertForMaskedLM, names of weights the checkpoint lacked)`` from a checkpoint folder or hub name.
 
     Pass what :func:`llmbook.pretrained.resolve_pretrained` returned as ``.path`` (a hub name only
@@ -145,7 +145,9 @@ def load_masked_lm(path: str | os.PathLike) -> tuple[nn.Module, list[str]]:
     The output matrix of the MLM head is tied to the word embeddings, so it is pretrained whenever
     the encoder is; the head's transform (dense + LayerNorm) and its output bias are new (randomly
     initialised) when the checkpoint was saved without them — as the bundled MiniLM sentence encoder
-    was. The list says which, so the caller can train them before measuring anything.
+    was. The list says which, so the caller can train them before measuring anything. The new
+    weights are drawn with ``seed`` (the caller's random state is left as it was), so a rerun starts
+    from the same head and reproduces the numbers measured with it.
     """
     from transformers import BertForMaskedLM
     from transformers.utils import logging as hf_logging
@@ -160,8 +162,11 @@ def load_masked_lm(path: str | os.PathLike) -> tuple[nn.Module, list[str]]:
         )
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the loading report would print a table; the caller gets the list
+    seed = require_int("seed", seed, minimum=0)
     try:
-        model, info = BertForMaskedLM.from_pretrained(name, output_loading_info=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, info = BertForMaskedLM.from_pretrained(name, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
     return model, sorted(info["missing_keys"])

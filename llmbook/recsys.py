@@ -5,7 +5,9 @@ Taught in the recommendation chapter (``notebooks/11_recommendation.ipynb``), on
 - **Protocol.** :func:`liked_pairs` turns star ratings into implicit feedback (4 or 5 stars =
   liked); :func:`leave_last_liked_out` holds out each user's last liked books in a fixed, seeded
   order (the sample has no timestamps); :func:`interaction_matrix` is the user × item 0/1 matrix;
-  :func:`sample_negatives` draws items a user never rated, for the sampled protocol and for training.
+  :func:`sample_negatives` draws items a user never rated, for the sampled protocol and for training;
+  :func:`cap_item_likes` keeps at most ``n`` likes of chosen items, to ask how many likes a new
+  item needs before behaviour can rank it.
 - **Baselines.** :func:`popularity_scores`, :func:`item_cosine_scores` (item–item collaborative
   filtering, cosine on the interaction matrix), and matrix factorisation trained with BPR
   (:class:`MatrixFactorization`, :func:`train_bpr`).
@@ -49,6 +51,7 @@ __all__ = [
     "leave_last_liked_out",
     "interaction_matrix",
     "sample_negatives",
+    "cap_item_likes",
     "popularity_scores",
     "item_cosine_scores",
     "MatrixFactorization",
@@ -223,6 +226,37 @@ def sample_negatives(exclude: Sequence[set[int]], n_items: int, n: int, *, seed:
                     if len(chosen) == n:
                         break
         out[i] = chosen
+    return out
+
+
+def cap_item_likes(train: sparse.spmatrix, items: Sequence[int], max_likes: int, *, seed: int = 0) -> sparse.csr_matrix:
+    """A copy of ``train`` in which each of ``items`` keeps at most ``max_likes`` of its likes.
+
+    The kept likes of an item are a seeded random choice among its likers; every other item's column
+    is unchanged. With ``max_likes=0`` the items look like new arrivals that nobody has liked yet
+    (their likes also leave their likers' histories, since a new book cannot be in anyone's
+    history). The input matrix is not modified.
+    """
+    train = _require_csr(train, "train")
+    max_likes = require_int("max_likes", max_likes, minimum=0)
+    seed = require_int("seed", seed, minimum=0)
+    items = np.unique(np.asarray(items, dtype=np.int64))
+    if items.size and (items.min() < 0 or items.max() >= train.shape[1]):
+        raise ValueError(f"items must be column indices in 0..{train.shape[1] - 1}, got {int(items.min())}..{int(items.max())}")
+    rng = np.random.default_rng(seed)
+    columns = train.tocsc()
+    drop_rows, drop_cols = [], []
+    for item in items.tolist():
+        likers = columns.indices[columns.indptr[item]:columns.indptr[item + 1]]
+        if likers.size > max_likes:
+            dropped = rng.permutation(likers)[max_likes:]
+            drop_rows.append(dropped)
+            drop_cols.append(np.full(dropped.size, item))
+    out = train.tolil(copy=True)
+    if drop_rows:
+        out[np.concatenate(drop_rows), np.concatenate(drop_cols)] = 0
+    out = out.tocsr()
+    out.eliminate_zeros()
     return out
 
 

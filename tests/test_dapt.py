@@ -93,6 +93,21 @@ def test_load_masked_lm_names_the_missing_head_of_the_bundled_checkpoint():
         dapt.load_masked_lm("./missing")
 
 
+def test_load_masked_lm_draws_the_new_head_from_its_seed_and_leaves_the_callers_random_state():
+    path = bundled_checkpoint_path()
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first, _ = dapt.load_masked_lm(path, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's stream is untouched
+    again, _ = dapt.load_masked_lm(path, seed=5)
+    other, _ = dapt.load_masked_lm(path, seed=6)
+    head = "cls.predictions.transform.dense.weight"
+    assert torch.equal(first.state_dict()[head], again.state_dict()[head])
+    assert not torch.equal(first.state_dict()[head], other.state_dict()[head])
+    with pytest.raises(ValueError, match="seed must be at least 0"):
+        dapt.load_masked_lm(path, seed=-1)
+
+
 def test_masked_lm_loss_checks_its_texts(tokenizer, tiny_mlm):
     with pytest.raises(ValueError, match="non-empty list"):
         dapt.masked_lm_loss(tiny_mlm, [], tokenizer)

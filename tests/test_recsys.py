@@ -214,3 +214,29 @@ def test_cross_encoder_scores_keep_input_order():
 
     scores = R.cross_encoder_scores(Toy(), Tok(), ["a b c", "a", "a b"], batch_size=2, device="cpu")
     np.testing.assert_allclose(scores, [3, 1, 2])
+
+
+def test_cap_item_likes_keeps_at_most_n_likes_of_the_chosen_items_only():
+    rng = np.random.default_rng(0)
+    train = sparse.csr_matrix((rng.random((40, 6)) < 0.5).astype(np.float32))
+    before = train.copy()
+    capped = R.cap_item_likes(train, [1, 4], 2, seed=3)
+    counts = np.asarray(capped.sum(axis=0)).ravel()
+    assert counts[1] == min(2, before[:, 1].sum()) and counts[4] == min(2, before[:, 4].sum())
+    for item in [0, 2, 3, 5]:  # untouched columns
+        assert (capped[:, item] != before[:, item]).nnz == 0
+    assert (capped - capped.multiply(before)).nnz == 0  # only removals, never an invented like
+    assert (train != before).nnz == 0  # the input is not modified
+    assert (R.cap_item_likes(train, [1, 4], 2, seed=3) != capped).nnz == 0  # seeded
+    assert R.cap_item_likes(train, [1], 0).getcol(1).nnz == 0  # a new arrival: no likes at all
+    assert (R.cap_item_likes(train, [1], 100) != train).nnz == 0  # a cap above the count changes nothing
+
+
+def test_cap_item_likes_refuses_bad_input():
+    train = sparse.csr_matrix(np.ones((3, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="max_likes must be at least 0"):
+        R.cap_item_likes(train, [0], -1)
+    with pytest.raises(ValueError, match=r"column indices in 0..3"):
+        R.cap_item_likes(train, [4], 1)
+    with pytest.raises(TypeError, match="scipy sparse"):
+        R.cap_item_likes(np.ones((3, 4)), [0], 1)
