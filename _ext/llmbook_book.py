@@ -137,7 +137,8 @@ def notebook_title(notebook: dict, fallback: str) -> str:
 
 
 def chapter_time_rows(notebooks_dir: Path = NOTEBOOKS, smoke_file: Path = SMOKE_TIMES) -> list[dict]:
-    """One row per chapter notebook: its title, its committed run's scale/device/time and its CI smoke time."""
+    """One row per chapter notebook: its title; the scale, device and time of the run that produced its
+    outputs; and its CI smoke time."""
     smoke = {}
     if smoke_file.is_file():
         try:
@@ -160,7 +161,7 @@ def chapter_time_rows(notebooks_dir: Path = NOTEBOOKS, smoke_file: Path = SMOKE_
 
 
 def chapter_times_markdown(rows: list[dict], have_smoke: bool) -> str:
-    lines = ["| chapter | committed run: scale | device | time | smoke (CI) |", "|---|---|---|---|---|"]
+    lines = ["| chapter | scale | device | time | smoke (CI) |", "|---|---|---|---|---|"]
     for row in rows:
         smoke = format_duration(row["smoke_seconds"]) if have_smoke else "measured in CI"
         lines.append(
