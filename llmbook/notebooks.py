@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import binascii
 import contextlib
 import os
@@ -167,6 +168,71 @@ def check_notebook(path: str | Path) -> list[str]:
     elif stamp["scale"] not in ("cpu", "gpu"):
         problems.append(f"{path.name}: outputs were produced at scale {stamp['scale']!r}; commit a cpu or gpu run")
     return problems
+
+
+# A decimal (0.293, 29.3, −0.013, 1,234.5) or a whole percentage (75 %) in the prose.
+_PROSE_NUMBER = re.compile(r"(?<![\w.])[−+-]?\d[\d,]*(?:\.\d+(?![\d.])|(?= ?%))")
+# What may precede a section number such as §4.1, "section 2.3" or "### 1.2": not a measured value.
+_SECTION_PREFIX = re.compile(r"(§|[Ss]ections? |#+ |[Cc]hapter |[Ss]ections? \d+\.\d+–)$")
+_PRINTED_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def _printed_values(nb: nbformat.NotebookNode) -> list[float]:
+    """Every number in the outputs and code cells of ``nb``, sorted (thousands separators removed)."""
+    texts = []
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            texts.append(cell.source)  # a constant set in code may be quoted in the text
+            for output in cell.get("outputs", []):
+                texts.extend(_output_texts(output))
+    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", unescape("\n".join(texts)))
+    values = set()
+    for match in _PRINTED_NUMBER.finditer(text):
+        try:
+            values.add(float(match.group()))
+        except (ValueError, OverflowError):
+            continue
+    return sorted(values)
+
+
+def _is_printed(token: str, values: list[float]) -> bool:
+    """Whether some value rounds to ``token`` at its precision, as it is or as a percentage or fraction."""
+    digits = token.replace("−", "").lstrip("+-").replace(",", "")
+    decimals = len(digits.partition(".")[2])
+    target = float(digits)
+    tolerance = 0.5 * 10.0**-decimals + 1e-9
+    for scale in (1.0, 100.0, 0.01):  # 29.3 % may be printed as 0.293, and 0.293 as 29.3%
+        low = bisect.bisect_left(values, (target - tolerance) / scale)
+        if low < len(values) and values[low] * scale <= target + tolerance:
+            return True
+    return False
+
+
+def unprinted_numbers(path: str | Path) -> list[tuple[int, str, str]]:
+    """Numbers in a notebook's prose that none of its outputs prints: ``(cell index, number, context)``.
+
+    The book's rule is that prose states what is printed, so after a re-run every decimal in the
+    markdown (and every whole percentage) should be an output rounded to the prose's precision,
+    possibly as a percentage of a printed fraction or the other way round; numbers set in code
+    cells count as printed. Section numbers (§4.1, "section 2.3", "### 1.2") are skipped. What is
+    left is either a stale number or one the text derives or cites (a difference of two printed
+    values, a datasheet figure), which a reader of the list has to judge.
+    """
+    nb = read_notebook(path)
+    values = _printed_values(nb)
+    found = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "markdown":
+            continue
+        for match in _PROSE_NUMBER.finditer(cell.source):
+            token = match.group()
+            before = cell.source[max(0, match.start() - 12):match.start()]
+            if re.fullmatch(r"[1-9]\d?\.\d{1,2}(\.\d{1,2})?", token) and _SECTION_PREFIX.search(before):
+                continue
+            if not _is_printed(token, values):
+                context = cell.source[max(0, match.start() - 60):match.end() + 30].replace("\n", " ")
+                found.append((index, token, context))
+    return found
 
 
 def read_notebook(path: str | Path) -> nbformat.NotebookNode:
