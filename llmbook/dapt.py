@@ -154,6 +154,7 @@ def load_masked_lm(path: str | os.PathLike, *, seed: int = 0) -> tuple[nn.Module
 
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a checkpoint folder or a hub name, got {type(path).__name__}")
+    seed = require_int("seed", seed, minimum=0)
     name = os.fspath(path)
     looks_like_a_path = os.sep in name.replace("/", os.sep) and name.count("/") != 1 or name.startswith((".", "~"))
     if not os.path.isdir(name) and (looks_like_a_path or os.path.exists(name)):
@@ -162,7 +163,6 @@ def load_masked_lm(path: str | os.PathLike, *, seed: int = 0) -> tuple[nn.Module
         )
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the loading report would print a table; the caller gets the list
-    seed = require_int("seed", seed, minimum=0)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -95,6 +95,9 @@ def test_load_masked_lm_names_the_missing_head_of_the_bundled_checkpoint():
 
 def test_load_masked_lm_draws_the_new_head_from_its_seed_and_leaves_the_callers_random_state():
     path = bundled_checkpoint_path()
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
     first, _ = dapt.load_masked_lm(path, seed=5)
@@ -106,6 +109,7 @@ def test_load_masked_lm_draws_the_new_head_from_its_seed_and_leaves_the_callers_
     assert not torch.equal(first.state_dict()[head], other.state_dict()[head])
     with pytest.raises(ValueError, match="seed must be at least 0"):
         dapt.load_masked_lm(path, seed=-1)
+    assert hf_logging.get_verbosity() == verbosity  # a refused call leaves transformers' logging as it was
 
 
 def test_masked_lm_loss_checks_its_texts(tokenizer, tiny_mlm):
