@@ -244,20 +244,13 @@ def cap_item_likes(train: sparse.spmatrix, items: Sequence[int], max_likes: int,
     if items.size and (items.min() < 0 or items.max() >= train.shape[1]):
         raise ValueError(f"items must be column indices in 0..{train.shape[1] - 1}, got {int(items.min())}..{int(items.max())}")
     rng = np.random.default_rng(seed)
-    columns = train.tocsc()
-    drop_rows, drop_cols = [], []
+    columns = train.tocsc(copy=True)  # an item's likes are one contiguous slice of a CSC matrix
     for item in items.tolist():
-        likers = columns.indices[columns.indptr[item]:columns.indptr[item + 1]]
-        if likers.size > max_likes:
-            dropped = rng.permutation(likers)[max_likes:]
-            drop_rows.append(dropped)
-            drop_cols.append(np.full(dropped.size, item))
-    out = train.tolil(copy=True)
-    if drop_rows:
-        out[np.concatenate(drop_rows), np.concatenate(drop_cols)] = 0
-    out = out.tocsr()
-    out.eliminate_zeros()
-    return out
+        start, end = columns.indptr[item], columns.indptr[item + 1]
+        if end - start > max_likes:
+            columns.data[start + rng.permutation(end - start)[max_likes:]] = 0
+    columns.eliminate_zeros()
+    return columns.tocsr()
 
 
 # --------------------------------------------------------------------------------------------------
