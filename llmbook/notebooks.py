@@ -174,6 +174,7 @@ def check_notebook(path: str | Path) -> list[str]:
 _PROSE_NUMBER = re.compile(r"(?<![\w.])[−+-]?\d[\d,]*(?:\.\d+(?![\d.])|(?= ?%))")
 # What may precede a section number such as §4.1, "section 2.3" or "### 1.2": not a measured value.
 _SECTION_PREFIX = re.compile(r"(§|[Ss]ections? |#+ |[Cc]hapter |[Ss]ections? \d+\.\d+–)$")
+_SECTION_NUMBER = re.compile(r"[1-9]\d?\.\d{1,2}(\.\d{1,2})?")
 _PRINTED_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
@@ -227,7 +228,7 @@ def unprinted_numbers(path: str | Path) -> list[tuple[int, str, str]]:
         for match in _PROSE_NUMBER.finditer(cell.source):
             token = match.group()
             before = cell.source[max(0, match.start() - 12):match.start()]
-            if re.fullmatch(r"[1-9]\d?\.\d{1,2}(\.\d{1,2})?", token) and _SECTION_PREFIX.search(before):
+            if _SECTION_NUMBER.fullmatch(token) and _SECTION_PREFIX.search(before):
                 continue
             if not _is_printed(token, values):
                 context = cell.source[max(0, match.start() - 60):match.end() + 30].replace("\n", " ")

@@ -412,3 +412,15 @@ def test_run_turns_progress_bars_into_text(tmp_path):
 ])
 def test_text_bar_lines_are_recognised_by_tqdm_times_and_rate(line, is_bar):
     assert bool(notebooks._TEXT_BAR_LINE.search(line)) is is_bar
+
+
+def test_unprinted_numbers_match_at_the_prose_precision(tmp_path):
+    nb = new_notebook(cells=[
+        new_markdown_cell("### 2.1 Results\n\nRecall 0.29, 29.3 %, 61 %, −0.013 and 1,600 tweets; "
+                          "stale 0.31 and 12.5 %; see §4.1."),
+        new_code_cell("N = 1_600", outputs=[new_output("stream", name="stdout",
+                                                       text="recall 0.2934, share 0.612, delta -0.0131, n 1,600\n")]),
+    ])
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    assert [token for _, token, _ in notebooks.unprinted_numbers(path)] == ["0.31", "12.5"]
