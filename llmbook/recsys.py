@@ -476,6 +476,32 @@ def mean_profiles(train: sparse.spmatrix, user_rows: Sequence[int], item_vectors
     return profiles / np.linalg.norm(profiles, axis=1, keepdims=True).clip(1e-12)
 
 
+def nearest_item_scores(train: sparse.spmatrix, user_rows: Sequence[int], item_vectors: object) -> np.ndarray:
+    """Content-based item–item scores ``(len(user_rows), n_items)``: each item's cosine with the most
+    similar of the user's training items (chapter 11).
+
+    The text analogue of :func:`item_cosine_scores`, with the maximum in place of the sum. Cosines
+    between text embeddings are dense (any two book descriptions are somewhat alike), so a sum or a
+    mean over a long history is dominated by the many middling similarities — which is what
+    :func:`mean_profiles` does — while the maximum keeps the one liked item that is really alike.
+    ``item_vectors`` is ``(n_items, dim)`` and need not be unit length. A user without training items
+    is refused: there is nothing to be near.
+    """
+    train = _require_csr(train, "train")
+    vectors = np.asarray(item_vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != train.shape[1]:
+        raise ValueError(f"item_vectors must be (n_items={train.shape[1]}, dim), got shape {vectors.shape}")
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    rows = np.asarray(user_rows, dtype=np.int64)
+    scores = np.empty((len(rows), train.shape[1]), dtype=np.float32)
+    for i, row in enumerate(rows):
+        liked = train[row].indices
+        if liked.size == 0:
+            raise ValueError(f"user row {int(row)} has no training items: no item to be near")
+        scores[i] = (vectors[liked] @ vectors.T).max(axis=0)  # one user at a time: liked x items floats
+    return scores
+
+
 def co_liked_pairs(train: sparse.spmatrix, n_pairs: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n_pairs`` item pairs liked by the same user, for contrastive fine-tuning of the item tower.
 

@@ -141,6 +141,41 @@ def test_mean_profiles_and_the_retrieval_index_agree():
         R.mean_profiles(sparse.csr_matrix((1, 3), dtype=np.float32), [0], vectors)
 
 
+def test_nearest_item_scores_keep_the_closest_liked_item():
+    # a reader of two unrelated genres: items 0 and 1 are the liked books, at right angles
+    vectors = np.array([[1, 0], [0, 3], [0.99, 0.14], [1, 1]], dtype=np.float32)
+    train = sparse.csr_matrix(np.array([[1, 1, 0, 0]], dtype=np.float32))
+    scores = R.nearest_item_scores(train, [0], vectors)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = np.maximum(unit @ unit[0], unit @ unit[1])
+    np.testing.assert_allclose(scores[0], expected, rtol=1e-6)
+    # item 2 is almost a copy of liked item 0; item 3 lies between the two tastes.
+    # The maximum ranks the near copy first, the mean profile the item in between.
+    assert scores[0, 2] > scores[0, 3]
+    mean_scores = R.mean_profiles(train, [0], vectors) @ unit.T
+    assert mean_scores[0, 3] > mean_scores[0, 2]
+
+
+def test_nearest_item_scores_match_a_brute_force_maximum():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30, 8)).astype(np.float32)
+    likes = rng.random((6, 30)) < 0.2
+    likes[:, 7] = True  # every user likes something
+    train = sparse.csr_matrix(likes.astype(np.float32))
+    rows = [4, 0, 2]
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = np.array([np.max([unit @ unit[j] for j in train[r].indices], axis=0) for r in rows])
+    np.testing.assert_allclose(R.nearest_item_scores(train, rows, vectors), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_nearest_item_scores_refuse_bad_input():
+    vectors = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="no training items"):
+        R.nearest_item_scores(sparse.csr_matrix((1, 3), dtype=np.float32), [0], vectors)
+    with pytest.raises(ValueError, match="item_vectors must be"):
+        R.nearest_item_scores(sparse.csr_matrix(np.ones((1, 4), dtype=np.float32)), [0], vectors)
+
+
 def test_co_liked_pairs_come_from_one_users_likes():
     train = sparse.csr_matrix(np.array([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 0, 0]], dtype=np.float32))
     anchors, positives = R.co_liked_pairs(train, 50, seed=0)
