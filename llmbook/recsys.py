@@ -457,6 +457,14 @@ def book_texts(books: pd.DataFrame, tags: dict[int, list[str]] | None = None, n_
 # --------------------------------------------------------------------------------------------------
 
 
+def _unit_item_vectors(item_vectors: object, n_items: int) -> np.ndarray:
+    """``item_vectors`` as a float32 ``(n_items, dim)`` array of unit rows, or a clear error."""
+    vectors = np.asarray(item_vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != n_items:
+        raise ValueError(f"item_vectors must be (n_items={n_items}, dim), got shape {vectors.shape}")
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+
+
 def mean_profiles(train: sparse.spmatrix, user_rows: Sequence[int], item_vectors: object) -> np.ndarray:
     """The user tower: the unit-length mean of the unit-length vectors of each user's training items.
 
@@ -464,10 +472,7 @@ def mean_profiles(train: sparse.spmatrix, user_rows: Sequence[int], item_vectors
     training items is refused: the mean of nothing has no direction.
     """
     train = _require_csr(train, "train")
-    vectors = np.asarray(item_vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[0] != train.shape[1]:
-        raise ValueError(f"item_vectors must be (n_items={train.shape[1]}, dim), got shape {vectors.shape}")
-    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    vectors = _unit_item_vectors(item_vectors, train.shape[1])
     rows = train[np.asarray(user_rows, dtype=np.int64)]
     empty = np.flatnonzero(np.diff(rows.indptr) == 0)
     if empty.size:
@@ -488,10 +493,7 @@ def nearest_item_scores(train: sparse.spmatrix, user_rows: Sequence[int], item_v
     is refused: there is nothing to be near.
     """
     train = _require_csr(train, "train")
-    vectors = np.asarray(item_vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[0] != train.shape[1]:
-        raise ValueError(f"item_vectors must be (n_items={train.shape[1]}, dim), got shape {vectors.shape}")
-    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    vectors = _unit_item_vectors(item_vectors, train.shape[1])
     rows = np.asarray(user_rows, dtype=np.int64)
     scores = np.empty((len(rows), train.shape[1]), dtype=np.float32)
     for i, row in enumerate(rows):
